@@ -1,0 +1,161 @@
+/**
+ * Timing profiles. `default` carries FDM's values; `fast` is about 1/10 of them, for the lab and
+ * tests. Each field says what it trades off. Any field can be overridden per cluster in
+ * `timing: { "profile": "fast", "hostTimeoutMs": 1500 }`; the loader then re-checks the safety
+ * inequalities (validate.ts).
+ */
+import type { Timing } from '@vigil/core';
+
+export type ProfileName = 'default' | 'fast';
+
+export interface FieldDoc {
+  /** What the field does. */
+  what: string;
+  /** What raising or lowering it costs. */
+  tradeOff: string;
+}
+
+/** Documentation for every timing field, rendered into docs/configuration.md and `vigil config profiles`. */
+export const TIMING_DOCS: Record<keyof Timing, FieldDoc> = {
+  electionWindowMs: {
+    what: 'How long an election gathers candidates before the best one is chosen (FDM: about 15 s).',
+    tradeOff: 'Shorter elects sooner after a master loss; too short and hosts that start a little later or whose messages are delayed are missed, so a worse host may win and be left running.',
+  },
+  heartbeatIntervalMs: {
+    what: 'Period of master<->slave network heartbeats and of election messages (FDM: 1 s).',
+    tradeOff: 'Shorter detects silence with finer resolution and costs more datagrams (the master sends one per host per interval).',
+  },
+  hostTimeoutMs: {
+    what: 'Network silence after which a slave re-elects, and after which the master declares a slave unreachable and starts pinging it (FDM: das.config.fdm.hostTimeout = 10 s).',
+    tradeOff: 'Shorter fails over sooner; too short turns a loaded host or a short network blip into a false failure (must cover several lost heartbeats).',
+  },
+  storageWatchAfterMs: {
+    what: 'Network silence after which the master starts watching the slave\'s storage heartbeat (FDM: 3 s).',
+    tradeOff: 'Earlier costs a few more storage reads for hosts that are only briefly silent; later leaves less time to see the heartbeat change before the dead decision.',
+  },
+  icmpPingTimeoutMs: {
+    what: 'How long the master pings a silent host\'s management address before concluding it does not answer (FDM: das.config.fdm.icmpPingTimeout = 5 s).',
+    tradeOff: 'Longer tolerates a slow or lossy path; it adds directly to failover time.',
+  },
+  deadNoHeartbeatDatastoreMs: {
+    what: 'Network silence after which a host with no heartbeat datastore is declared dead (FDM: T+15 s).',
+    tradeOff: 'Without a storage heartbeat a partitioned host cannot be told from a dead one; the VM lease is then the only guard against a double start.',
+  },
+  deadMs: {
+    what: 'Network silence after which a host whose storage heartbeat stopped is declared dead and its VMs are restarted (FDM: T+18 s).',
+    tradeOff: 'Shorter restarts sooner; must leave time to see at least a few storage renewals fail (> storageWatchAfterMs + leaseTimeoutMs).',
+  },
+  storageHeartbeatIntervalMs: {
+    what: 'Period at which a host renews its host-N-hb heartbeat and, through it, all its VM leases (FDM NFS: 5 s).',
+    tradeOff: 'Shorter lets others see a dead host sooner (a shorter leaseTimeoutMs is then safe) and costs one small write per heartbeat datastore per period.',
+  },
+  leaseTimeoutMs: {
+    what: 'A lock, heartbeat or lease whose mtime or counter an observer has seen unchanged this long (on the observer\'s own monotonic clock) is dead and may be taken over.',
+    tradeOff: 'Shorter fails over sooner; it must exceed selfFenceDeadlineMs + leaseSafetyMarginMs so a holder that lost storage has stopped before anyone takes over, and cover several renewal periods.',
+  },
+  selfFenceDeadlineMs: {
+    what: 'A holder that has not completed a renewal for this long (counted from the start of its last successful renewal) stops what the lease protects: VMs are killed, protectedlist ownership is dropped.',
+    tradeOff: 'Shorter kills VMs sooner on a storage hiccup (false fencing); longer forces a longer leaseTimeoutMs and so a slower failover.',
+  },
+  leaseSafetyMarginMs: {
+    what: 'Slack required between the self-fence deadline and the lease timeout (time to kill a VM, scheduling delays, clock rate differences).',
+    tradeOff: 'Larger is safer and makes failover slower by as much.',
+  },
+  storageCallTimeoutMs: {
+    what: 'Upper bound on any single storage call (read, write, lock, rename); a call that takes longer is treated as failed.',
+    tradeOff: 'Shorter notices hung storage sooner; too short fails healthy but slow storage. Must be below selfFenceDeadlineMs.',
+  },
+  datastoreProbeIntervalMs: {
+    what: 'How often each host re-checks which datastores it can read and write (the count sent in election messages).',
+    tradeOff: 'Shorter reacts sooner to storage loss and costs one tiny write per datastore per period.',
+  },
+  slaveIsolationMs: {
+    what: 'Silence (no agent traffic and no isolation address answering) after which a slave declares itself isolated (FDM: T+30 s).',
+    tradeOff: 'Shorter applies the isolation response sooner; too short risks powering VMs off on a network blip.',
+  },
+  masterIsolationMs: {
+    what: 'Silence after which a master declares itself isolated and releases its protectedlist locks (FDM: T+5 s).',
+    tradeOff: 'Shorter lets a new master in the rest of the cluster take over sooner; too short releases ownership on a blip.',
+  },
+  isolationResponseDelayMs: {
+    what: 'Delay between declaring isolation and applying the isolation response (FDM: fdm.isolationPolicyDelaySec, at least 30 s).',
+    tradeOff: 'Longer gives the network time to come back before VMs are stopped; it delays their restart elsewhere by as much.',
+  },
+  isolationShutdownTimeoutMs: {
+    what: 'For the shutdown isolation response: how long the guest gets to shut down before it is forced off (FDM: das.isolationShutdownTimeout = 300 s).',
+    tradeOff: 'Longer gives guests a clean shutdown; the VM is restarted elsewhere only after it is off.',
+  },
+  rescanIntervalMs: {
+    what: 'Fallback full rescan of poweron and poweredoff files, for filesystems that drop change events (FDM polls every 30 s).',
+    tradeOff: 'Shorter bounds the reaction time when events are lost, at the cost of reading every host\'s files each period.',
+  },
+  restartRetryDelaysMs: {
+    what: 'Waits before restart attempts 2..5, each counted from the previous failure (FDM: das.maxvmrestartcount = 5, at +2, +6, +14, +30 min).',
+    tradeOff: 'Shorter retries sooner; many quick retries on a broken VM waste capacity and fill logs.',
+  },
+  vmMonitorWindowMs: {
+    what: 'VM monitoring: at most 3 resets of a VM within this window; after that it is reported failed (FDM medium sensitivity: 24 h).',
+    tradeOff: 'Longer gives up on crash-looping VMs sooner in wall time; shorter keeps restarting them.',
+  },
+  statsIntervalMs: {
+    what: 'Period of VM statistics sampling (CPU, memory, disk, network).',
+    tradeOff: 'Shorter gives fresher figures and costs one driver query per VM per period.',
+  },
+};
+
+const S = 1000;
+const MIN = 60 * S;
+
+export const DEFAULT_TIMING: Readonly<Timing> = Object.freeze({
+  electionWindowMs: 15 * S,
+  heartbeatIntervalMs: 1 * S,
+  hostTimeoutMs: 10 * S,
+  storageWatchAfterMs: 3 * S,
+  icmpPingTimeoutMs: 5 * S,
+  deadNoHeartbeatDatastoreMs: 15 * S,
+  deadMs: 18 * S,
+  storageHeartbeatIntervalMs: 5 * S,
+  leaseTimeoutMs: 15 * S,
+  selfFenceDeadlineMs: 10 * S,
+  leaseSafetyMarginMs: 3 * S,
+  storageCallTimeoutMs: 4 * S,
+  datastoreProbeIntervalMs: 5 * S,
+  slaveIsolationMs: 30 * S,
+  masterIsolationMs: 5 * S,
+  isolationResponseDelayMs: 30 * S,
+  isolationShutdownTimeoutMs: 300 * S,
+  rescanIntervalMs: 30 * S,
+  restartRetryDelaysMs: [2 * MIN, 6 * MIN, 14 * MIN, 30 * MIN],
+  vmMonitorWindowMs: 24 * 60 * MIN,
+  statsIntervalMs: 60 * S,
+});
+
+/** About 1/10 of the defaults: for the lab, the demo and the tests. */
+export const FAST_TIMING: Readonly<Timing> = Object.freeze({
+  electionWindowMs: 1500,
+  heartbeatIntervalMs: 100,
+  hostTimeoutMs: 1000,
+  storageWatchAfterMs: 300,
+  icmpPingTimeoutMs: 500,
+  deadNoHeartbeatDatastoreMs: 1500,
+  deadMs: 1800,
+  storageHeartbeatIntervalMs: 500,
+  leaseTimeoutMs: 1500,
+  selfFenceDeadlineMs: 1000,
+  leaseSafetyMarginMs: 300,
+  storageCallTimeoutMs: 400,
+  datastoreProbeIntervalMs: 500,
+  slaveIsolationMs: 3000,
+  masterIsolationMs: 500,
+  isolationResponseDelayMs: 3000,
+  isolationShutdownTimeoutMs: 30 * S,
+  rescanIntervalMs: 3000,
+  restartRetryDelaysMs: [12 * S, 36 * S, 84 * S, 180 * S],
+  vmMonitorWindowMs: 60 * MIN,
+  statsIntervalMs: 6 * S,
+});
+
+export const PROFILES: Record<ProfileName, Readonly<Timing>> = {
+  default: DEFAULT_TIMING,
+  fast: FAST_TIMING,
+};

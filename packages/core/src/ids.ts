@@ -1,0 +1,14 @@
+/** Host ids have the form `host-N` (FDM's managed object id). */
+export type HostId = string;
+
+export const HOST_ID_PATTERN = /^host-[0-9]{1,9}$/;
+
+export function isHostId(value: unknown): value is HostId {
+  return typeof value === 'string' && HOST_ID_PATTERN.test(value);
+}
+
+/** Datastore names: short, filesystem- and log-safe. */
+export const DATASTORE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** Cluster ids: used in paths (`.vigil-ha/<cluster>/`) and in every datagram. */
+export const CLUSTER_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
