@@ -1,5 +1,5 @@
 export * from './types.js';
 export * from './profiles.js';
 export { configSchema } from './schema.js';
-export { validateConfig, checkTiming } from './validate.js';
+export { validateConfig, checkTiming, heartbeatDatastoresFor } from './validate.js';
 export { loadConfig, loadSecret, MIN_SECRET_BYTES } from './load.js';

@@ -155,3 +155,15 @@ export function validateConfig(input: unknown, source = 'config'): ClusterConfig
     log: raw.log,
   };
 }
+
+/**
+ * The heartbeat datastores of `host`: the configured ones it mounts, or else the 2 datastores
+ * that the most hosts mount (ties by name), among those it mounts (SPEC §2; FDM default 2).
+ */
+export function heartbeatDatastoresFor(config: Pick<ClusterConfig, 'hosts' | 'heartbeatDatastores'>, host: string): string[] {
+  const mine = config.hosts[host]?.datastores ?? [];
+  if (config.heartbeatDatastores) return config.heartbeatDatastores.filter((d) => mine.includes(d));
+  const seenBy = new Map<string, number>();
+  for (const h of Object.values(config.hosts)) for (const d of h.datastores) seenBy.set(d, (seenBy.get(d) ?? 0) + 1);
+  return [...mine].sort((a, b) => (seenBy.get(b) ?? 0) - (seenBy.get(a) ?? 0) || (a < b ? -1 : a > b ? 1 : 0)).slice(0, 2);
+}

@@ -219,9 +219,10 @@ export class Election {
       case 'slave': {
         if (this.now - this.masterLastHeard >= this.timing.hostTimeoutMs) {
           const lost = this.master;
-          this.log('warn', 'master.lost', `no heartbeat from master ${lost} for ${this.now - this.masterLastHeard} ms`, {
+          const silentMs = Math.round(this.now - this.masterLastHeard);
+          this.log('warn', 'master.lost', `no heartbeat from master ${lost} for ${silentMs} ms`, {
             master: lost,
-            silentMs: this.now - this.masterLastHeard,
+            silentMs,
             hostTimeoutMs: this.timing.hostTimeoutMs,
           });
           this.startElection(`master ${lost} silent for hostTimeout`);
@@ -270,7 +271,7 @@ export class Election {
         candidates: candidates.map((c) => `${c.host}:${c.datastores}`),
         reason: runnerUp ? reason(winner, runnerUp) : 'no other candidate heard',
         generation: this.generation,
-        durationMs: this.now - this.electionStartedAt,
+        durationMs: Math.round(this.now - this.electionStartedAt),
       });
       this.emitRole();
       this.broadcast(this.masterHeartbeat());

@@ -1,0 +1,346 @@
+/**
+ * The agent runtime: turns real sockets, files and timers into core events, and performs the
+ * core's actions. All decisions live in @vigil/core; this file only does I/O.
+ */
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { HostCore, type CoreAction, type CoreEvent, type HostId, type Message, type Role } from '@vigil/core';
+import { heartbeatDatastoresFor, type ClusterConfig } from '@vigil/config';
+import {
+  chooseIncarnation,
+  decode,
+  deriveKey,
+  encode,
+  MAX_DATAGRAM_BYTES,
+  RateLimitedCounter,
+  ReplayGuard,
+  SendSequence,
+} from '@vigil/protocol';
+import { DatastoreProber, type ProbeResult } from '@vigil/datastore';
+import type { Logger } from './logger.js';
+import { monotonicClock, type Clock } from './clock.js';
+import { UdpTransport, type Datagram, type Transport } from './transport.js';
+import { ControlServer, type ControlRequest } from './control-server.js';
+
+export interface AgentOptions {
+  config: ClusterConfig;
+  host: HostId;
+  secret: Buffer;
+  logger: Logger;
+  /** Local state (incarnation, generation). */
+  stateDir: string;
+  socketPath: string;
+  clock?: Clock;
+  /** Injected transport (tests); default binds UDP on the host's address and port. */
+  transport?: Transport;
+}
+
+export interface AgentStatus {
+  host: HostId;
+  cluster: string;
+  role: Role;
+  master: HostId | null;
+  datastores: string[];
+  heartbeatDatastores: string[];
+  generation: number;
+  address: string;
+  port: number;
+  profile: string;
+  incarnation: number;
+  uptimeMs: number;
+  pid: number;
+}
+
+export interface HostRow {
+  host: HostId;
+  address: string;
+  state: string;
+  lastHeartbeatMs: number | null;
+  datastores: number | null;
+}
+
+export class Agent {
+  private readonly config: ClusterConfig;
+  private readonly host: HostId;
+  private readonly logger: Logger;
+  private readonly clock: Clock;
+  private readonly key: Buffer;
+  private core: HostCore;
+  private readonly replay = new ReplayGuard();
+  private readonly dropLog = new RateLimitedCounter<string>(10_000);
+  private readonly prober: DatastoreProber;
+  private readonly addressToHost = new Map<string, HostId>();
+  private transport: Transport | null;
+  private control: ControlServer | null = null;
+  private sequence: SendSequence | null = null;
+  private timers: NodeJS.Timeout[] = [];
+  private probing = false;
+  private lastProbe = new Map<string, ProbeResult>();
+  private role: Role = 'uninitialized';
+  private generation = 0;
+  private startedAt = 0;
+  private persistedIncarnation = 0;
+  private stopped = false;
+
+  constructor(private readonly opts: AgentOptions) {
+    this.config = opts.config;
+    this.host = opts.host;
+    this.logger = opts.logger;
+    this.clock = opts.clock ?? monotonicClock;
+    this.transport = opts.transport ?? null;
+    const me = this.config.hosts[this.host];
+    if (!me) throw new Error(`host ${this.host} is not in the cluster config (hosts: ${Object.keys(this.config.hosts).join(', ')})`);
+    this.key = deriveKey(opts.secret, this.config.cluster);
+    for (const [id, h] of Object.entries(this.config.hosts)) this.addressToHost.set(`${h.address}|${h.port}`, id);
+    this.core = new HostCore({ self: this.host, hosts: Object.keys(this.config.hosts), timing: this.config.timing });
+    const mounted = Object.fromEntries(me.datastores.map((d) => [d, this.config.datastores[d]!]));
+    this.prober = new DatastoreProber({
+      cluster: this.config.cluster,
+      host: this.host,
+      datastores: mounted,
+      timeoutMs: this.config.timing.storageCallTimeoutMs,
+    });
+  }
+
+  async start(): Promise<void> {
+    const me = this.config.hosts[this.host]!;
+    this.startedAt = this.clock.now();
+    await mkdir(this.opts.stateDir, { recursive: true, mode: 0o700 });
+    const state = await this.readState();
+    const incarnation = chooseIncarnation(Date.now(), state.incarnation);
+    this.generation = state.generation ?? 0;
+    await this.writeState({ incarnation, generation: this.generation });
+    this.persistedIncarnation = incarnation;
+    this.sequence = new SendSequence(incarnation);
+    // The core must not reuse an older generation after a restart.
+    this.core = new HostCore({
+      self: this.host,
+      hosts: Object.keys(this.config.hosts),
+      timing: this.config.timing,
+      generation: this.generation,
+    });
+
+    if (!this.transport) {
+      this.transport = await UdpTransport.bind(me.address, me.port, (err) => this.onSocketError(err));
+    }
+    this.transport.onDatagram((d) => this.onDatagram(d));
+    this.control = new ControlServer(this.opts.socketPath, (req) => this.onControl(req));
+    await this.control.listen();
+
+    this.logger.log('info', 'agent.started', `agent started on ${me.address}:${me.port}`, {
+      address: me.address,
+      port: me.port,
+      incarnation,
+      profile: this.config.profile,
+      datastores: me.datastores,
+      heartbeatDatastores: heartbeatDatastoresFor(this.config, this.host),
+      socket: this.opts.socketPath,
+      pid: process.pid,
+    });
+
+    const t = this.config.timing;
+    const tickMs = Math.max(10, Math.min(250, Math.floor(t.heartbeatIntervalMs / 4)));
+    this.timers.push(setInterval(() => this.feed({ type: 'tick', now: this.clock.now() }), tickMs));
+    this.timers.push(setInterval(() => void this.probe(), t.datastoreProbeIntervalMs));
+    this.timers.push(setInterval(() => this.flushDropLog(), 10_000));
+    await this.probe();
+  }
+
+  async stop(reason: string): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    this.logger.log('info', 'agent.stopping', `agent stopping: ${reason}`, { reason, role: this.role });
+    this.feed({ type: 'shutdown', now: this.clock.now() });
+    await this.control?.close();
+    await this.transport?.close();
+  }
+
+  status(): AgentStatus {
+    const st = this.core.status();
+    const me = this.config.hosts[this.host]!;
+    return {
+      host: this.host,
+      cluster: this.config.cluster,
+      role: st.role,
+      master: st.master,
+      datastores: st.datastores,
+      heartbeatDatastores: heartbeatDatastoresFor(this.config, this.host),
+      generation: st.generation,
+      address: me.address,
+      port: me.port,
+      profile: this.config.profile,
+      incarnation: this.sequence?.incarnation ?? 0,
+      uptimeMs: Math.round(this.clock.now() - this.startedAt),
+      pid: process.pid,
+    };
+  }
+
+  hosts(): HostRow[] {
+    return this.core.hostsView().map((v) => ({
+      host: v.host,
+      address: this.config.hosts[v.host]?.address ?? '',
+      state: v.state,
+      lastHeartbeatMs: v.lastHeartbeatMs === null ? null : Math.round(v.lastHeartbeatMs),
+      datastores: v.datastores,
+    }));
+  }
+
+  // ---- inputs -------------------------------------------------------------------------------
+
+  private onControl(req: ControlRequest): unknown {
+    switch (req.cmd) {
+      case 'status':
+        return this.status();
+      case 'hosts': {
+        const st = this.core.status();
+        return { master: st.master, isMaster: st.role === 'master', hosts: this.hosts() };
+      }
+      default:
+        throw new Error(`unknown command "${req.cmd}"`);
+    }
+  }
+
+  private onDatagram(d: Datagram): void {
+    const now = this.clock.now();
+    if (d.data.length > MAX_DATAGRAM_BYTES) return this.drop('oversized', d, `${d.data.length} bytes`, now);
+    const res = decode(d.data, this.key, this.config.cluster);
+    if (!res.ok) return this.drop(res.reason, d, res.detail, now);
+    const env = res.env;
+    const sender = this.config.hosts[env.sender];
+    if (!sender || env.sender === this.host) return this.drop('unknownSender', d, `sender ${env.sender} is not another host of this cluster`, now);
+    if (this.addressToHost.get(`${d.address}|${d.port}`) !== env.sender) {
+      return this.drop('wrongSource', d, `claims ${env.sender} (${sender.address}:${sender.port}) but came from ${d.address}:${d.port}`, now);
+    }
+    const verdict = this.replay.check(env.sender, env.incarnation, env.seq);
+    if (verdict !== 'ok') return this.drop(verdict, d, `${env.sender} incarnation ${env.incarnation} seq ${env.seq}`, now);
+    this.feed({ type: 'message', now, from: env.sender, msg: env.msg });
+  }
+
+  private drop(reason: string, d: Datagram, detail: string, now: number): void {
+    const decision = this.dropLog.hit(reason, now);
+    if (decision.log) {
+      this.logger.log('warn', 'datagram.dropped', `dropped a datagram from ${d.address}:${d.port}: ${reason}`, {
+        reason,
+        detail,
+        from: `${d.address}:${d.port}`,
+        bytes: d.data.length,
+        suppressedSinceLast: decision.suppressed,
+      });
+    }
+  }
+
+  private flushDropLog(): void {
+    for (const s of this.dropLog.flush(this.clock.now())) {
+      this.logger.log('warn', 'datagram.dropped', `dropped ${s.suppressed} more datagrams: ${s.key}`, { reason: s.key, suppressed: s.suppressed });
+    }
+  }
+
+  private onSocketError(err: Error): void {
+    const decision = this.dropLog.hit(`socket:${(err as NodeJS.ErrnoException).code ?? 'error'}`, this.clock.now());
+    if (decision.log) this.logger.log('warn', 'network.error', `UDP socket error: ${err.message}`, { suppressedSinceLast: decision.suppressed });
+  }
+
+  private async probe(): Promise<void> {
+    if (this.probing || this.stopped) return;
+    this.probing = true;
+    try {
+      const results = await this.prober.probeAll();
+      for (const r of results) {
+        const before = this.lastProbe.get(r.name);
+        if (!before || before.accessible !== r.accessible) {
+          const level = r.accessible ? 'info' : 'warn';
+          this.logger.log(level, r.accessible ? 'datastore.accessible' : 'datastore.inaccessible', `datastore ${r.name} is ${r.accessible ? 'accessible' : 'not accessible'}${r.detail ? `: ${r.detail}` : ''}`, {
+            datastore: r.name,
+            path: this.config.datastores[r.name],
+            detail: r.detail,
+          });
+        }
+        this.lastProbe.set(r.name, r);
+      }
+      if (!this.stopped) {
+        this.feed({ type: 'datastores', now: this.clock.now(), accessible: results.filter((r) => r.accessible).map((r) => r.name) });
+      }
+    } finally {
+      this.probing = false;
+    }
+  }
+
+  // ---- core and actions -----------------------------------------------------------------------
+
+  private feed(ev: CoreEvent): void {
+    let actions: CoreAction[];
+    try {
+      actions = this.core.step(ev);
+    } catch (err) {
+      // A bug in the core must not take the agent down silently; log loudly and keep going.
+      this.logger.log('error', 'core.error', `core failed on ${ev.type}: ${(err as Error).stack ?? String(err)}`, { event: ev.type });
+      return;
+    }
+    for (const a of actions) this.perform(a);
+  }
+
+  private perform(a: CoreAction): void {
+    switch (a.type) {
+      case 'send':
+        this.send(a.to, a.msg);
+        return;
+      case 'log':
+        this.logger.log(a.level, a.event, a.message, a.fields);
+        return;
+      case 'role':
+        this.role = a.role;
+        if (a.generation > this.generation) {
+          this.generation = a.generation;
+          void this.writeState({ incarnation: this.sequence?.incarnation ?? 0, generation: this.generation });
+        }
+        return;
+    }
+  }
+
+  private send(to: HostId, msg: Message): void {
+    const h = this.config.hosts[to];
+    if (!h || !this.transport || !this.sequence) return;
+    const { incarnation, seq } = this.sequence.next();
+    if (incarnation > this.persistedIncarnation) {
+      // The sequence wrapped: persist the new incarnation so a restart never goes back to it.
+      this.persistedIncarnation = incarnation;
+      void this.writeState({ incarnation, generation: this.generation });
+    }
+    const buf = encode({ cluster: this.config.cluster, sender: this.host, incarnation, seq, msg }, this.key);
+    this.transport.send(h.address, h.port, buf);
+  }
+
+  // ---- local state --------------------------------------------------------------------------
+
+  private async readState(): Promise<{ incarnation?: number; generation?: number }> {
+    const file = join(this.opts.stateDir, 'state.json');
+    try {
+      const parsed = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>;
+      const num = (v: unknown) => (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : undefined);
+      const out: { incarnation?: number; generation?: number } = {};
+      const inc = num(parsed.incarnation);
+      const gen = num(parsed.generation);
+      if (inc !== undefined) out.incarnation = inc;
+      if (gen !== undefined) out.generation = gen;
+      return out;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        this.logger.log('warn', 'state.unreadable', `ignoring unreadable ${file}: ${(err as Error).message}`, { file });
+      }
+      return {};
+    }
+  }
+
+  private async writeState(state: { incarnation: number; generation: number }): Promise<void> {
+    const file = join(this.opts.stateDir, 'state.json');
+    const tmp = `${file}.tmp`;
+    try {
+      await writeFile(tmp, JSON.stringify(state) + '\n');
+      await rename(tmp, file);
+    } catch (err) {
+      this.logger.log('warn', 'state.write-failed', `cannot write ${file}: ${(err as Error).message}`, { file });
+    }
+  }
+}

@@ -1,0 +1,5 @@
+export * from './agent.js';
+export * from './logger.js';
+export * from './clock.js';
+export * from './transport.js';
+export * from './control-server.js';

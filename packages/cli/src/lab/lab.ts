@@ -1,0 +1,228 @@
+/**
+ * `vigil lab`: a whole cluster on one machine (SPEC §4.4). Agents run as real background
+ * processes on 127.0.0.x, port 8182, with datastores as local directories and `fast` timings.
+ * Also the harness of the end-to-end tests.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { controlRequest, type AgentStatus } from '@vigil/agent';
+import { validateConfig } from '@vigil/config';
+import { labAddress, labPaths, type LabPaths } from './layout.js';
+
+export const VIGIL_BIN = fileURLToPath(new URL('../../bin/vigil.js', import.meta.url));
+
+export interface LabOptions {
+  dir: string;
+  hosts: number;
+  /** Number of datastores ds1..dsK (default 2). */
+  datastores?: number;
+  /** Per-host datastore subsets (host id -> names); default: every host mounts all. */
+  hostDatastores?: Record<string, string[]>;
+  profile?: 'fast' | 'default';
+  /** Timing overrides on top of the profile. */
+  timing?: Record<string, number>;
+  port?: number;
+}
+
+export interface LabState {
+  dir: string;
+  hosts: string[];
+  /** Host id -> pid of its agent while started through the lab. */
+  pids: Record<string, number>;
+}
+
+export type HostReport = { host: string; up: true; status: AgentStatus } | { host: string; up: false; pid: number | null; error: string };
+
+export class Lab {
+  readonly paths: LabPaths;
+
+  constructor(readonly dir: string) {
+    this.paths = labPaths(dir);
+  }
+
+  /** Write the config, secret and datastores of a new lab (refuses to overwrite a running one). */
+  async create(opts: LabOptions): Promise<string[]> {
+    if (opts.hosts < 1 || opts.hosts > 200 || !Number.isInteger(opts.hosts)) throw new Error(`--hosts must be an integer between 1 and 200, not ${opts.hosts}`);
+    const existing = await this.readState();
+    if (existing && existing.hosts.some((h) => this.alive(existing.pids[h]))) {
+      throw new Error(`a lab is already running in ${this.dir}: run \`vigil lab down --dir ${this.dir}\` first`);
+    }
+    const nds = opts.datastores ?? 2;
+    if (nds < 1 || nds > 16 || !Number.isInteger(nds)) throw new Error(`--datastores must be an integer between 1 and 16, not ${nds}`);
+    await mkdir(this.dir, { recursive: true });
+    const dsNames = Array.from({ length: nds }, (_, i) => `ds${i + 1}`);
+    const datastores: Record<string, string> = {};
+    for (const d of dsNames) {
+      datastores[d] = this.paths.datastore(d);
+      await mkdir(datastores[d]!, { recursive: true });
+    }
+    const ids = Array.from({ length: opts.hosts }, (_, i) => `host-${i + 1}`);
+    const hosts: Record<string, { address: string; datastores?: string[] }> = {};
+    ids.forEach((id, i) => {
+      hosts[id] = { address: labAddress(i + 1), ...(opts.hostDatastores?.[id] ? { datastores: opts.hostDatastores[id] } : {}) };
+    });
+    await writeFile(this.paths.secret, randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
+    const config = {
+      cluster: 'lab',
+      secretFile: this.paths.secret,
+      port: opts.port ?? 8182,
+      hosts,
+      datastores,
+      isolationAddresses: ['127.0.0.1'],
+      timing: { profile: opts.profile ?? 'fast', ...(opts.timing ?? {}) },
+      log: { level: 'info', format: 'json' },
+    };
+    validateConfig(config, 'lab config'); // a lab must never write a config the agent refuses
+    await writeFile(this.paths.config, JSON.stringify(config, null, 2) + '\n');
+    for (const id of ids) await mkdir(this.paths.hostDir(id), { recursive: true });
+    await this.writeState({ dir: this.dir, hosts: ids, pids: {} });
+    return ids;
+  }
+
+  async readState(): Promise<LabState | null> {
+    try {
+      return JSON.parse(await readFile(this.paths.state, 'utf8')) as LabState;
+    } catch {
+      return null;
+    }
+  }
+
+  private async writeState(s: LabState): Promise<void> {
+    await writeFile(this.paths.state, JSON.stringify(s, null, 2) + '\n');
+  }
+
+  private async requireState(): Promise<LabState> {
+    const s = await this.readState();
+    if (!s) throw new Error(`no lab in ${this.dir} (start one with \`vigil lab up\`)`);
+    return s;
+  }
+
+  alive(pid: number | undefined | null): boolean {
+    if (!pid) return false;
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Start the agent of `host` in the background (no-op if it runs). Returns its pid. */
+  async start(host: string): Promise<number> {
+    const s = await this.requireState();
+    if (!s.hosts.includes(host)) throw new Error(`unknown lab host ${host} (hosts: ${s.hosts.join(', ')})`);
+    const running = s.pids[host];
+    if (running && this.alive(running)) return running;
+    const out = openSync(this.paths.log(host), 'a');
+    const child = spawn(
+      process.execPath,
+      [VIGIL_BIN, 'agent', '--config', this.paths.config, '--host', host, '--state-dir', this.paths.hostDir(host), '--socket', this.paths.socket(host)],
+      { detached: true, stdio: ['ignore', out, out] },
+    );
+    closeSync(out);
+    child.unref();
+    const pid = child.pid;
+    if (!pid) throw new Error(`could not start the agent of ${host}`);
+    s.pids[host] = pid;
+    await writeFile(this.paths.pidFile(host), `${pid}\n`);
+    await this.writeState(s);
+    return pid;
+  }
+
+  /** Power cut: SIGKILL the agent's whole process group at once. */
+  async kill(host: string): Promise<boolean> {
+    const s = await this.requireState();
+    if (!s.hosts.includes(host)) throw new Error(`unknown lab host ${host} (hosts: ${s.hosts.join(', ')})`);
+    const pid = s.pids[host];
+    let killed = false;
+    if (pid && this.alive(pid)) {
+      try {
+        process.kill(-pid, 'SIGKILL');
+      } catch {
+        process.kill(pid, 'SIGKILL');
+      }
+      killed = true;
+    }
+    delete s.pids[host];
+    await rm(this.paths.pidFile(host), { force: true });
+    await this.writeState(s);
+    return killed;
+  }
+
+  /** Stop every agent (SIGTERM, then SIGKILL after `graceMs`). Optionally delete the lab directory. */
+  async down(opts: { purge?: boolean; graceMs?: number } = {}): Promise<string[]> {
+    const s = await this.readState();
+    const stopped: string[] = [];
+    if (s) {
+      const pids = Object.entries(s.pids).filter(([, pid]) => this.alive(pid));
+      for (const [, pid] of pids) this.signalGroup(pid, 'SIGTERM');
+      const deadline = Date.now() + (opts.graceMs ?? 5000);
+      while (pids.some(([, pid]) => this.alive(pid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      for (const [host, pid] of pids) {
+        this.signalGroup(pid, 'SIGKILL');
+        stopped.push(host);
+      }
+      s.pids = {};
+      await this.writeState(s).catch(() => {});
+    }
+    if (opts.purge) await rm(this.dir, { recursive: true, force: true });
+    return stopped;
+  }
+
+  private signalGroup(pid: number, sig: NodeJS.Signals): void {
+    try {
+      process.kill(-pid, sig);
+    } catch {
+      try {
+        process.kill(pid, sig);
+      } catch {
+        /* already gone */
+      }
+    }
+  }
+
+  async status(host: string): Promise<HostReport> {
+    const s = await this.requireState();
+    const pid = s.pids[host] ?? null;
+    try {
+      const status = (await controlRequest(this.paths.socket(host), { cmd: 'status' }, 2000)) as AgentStatus;
+      return { host, up: true, status };
+    } catch (err) {
+      return { host, up: false, pid, error: (err as Error).message };
+    }
+  }
+
+  async statusAll(): Promise<HostReport[]> {
+    const s = await this.requireState();
+    return Promise.all(s.hosts.map((h) => this.status(h)));
+  }
+
+  /**
+   * Poll until every running agent is master or slave and all follow one master (or `timeoutMs`).
+   * Returns the master, or null on timeout.
+   */
+  async waitConverged(timeoutMs: number, hosts?: string[]): Promise<string | null> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const reports = (await this.statusAll()).filter((r) => !hosts || hosts.includes(r.host));
+      const up = reports.filter((r): r is Extract<HostReport, { up: true }> => r.up);
+      const masters = up.filter((r) => r.status.role === 'master');
+      if (up.length > 0 && masters.length === 1 && up.length === reports.length) {
+        const m = masters[0]!.status.host;
+        if (up.every((r) => r.status.role === 'master' || (r.status.role === 'slave' && r.status.master === m))) return m;
+      }
+      if (Date.now() > deadline) return null;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** Last lines of a host's agent log. */
+  tail(host: string, lines = 20): string {
+    const f = this.paths.log(host);
+    if (!existsSync(f)) return '';
+    return readFileSync(f, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  }
+}

@@ -1,0 +1,44 @@
+/**
+ * The `vigil` command line. Read commands talk to the local agent over its Unix socket; `agent`
+ * runs the daemon; `config` checks configs; `lab` runs a whole cluster on one machine.
+ */
+import { Command, CommanderError } from 'commander';
+import { registerAgent } from './commands/agent.js';
+import { registerStatus } from './commands/status.js';
+import { registerConfig } from './commands/config.js';
+import { registerLab } from './commands/lab.js';
+import { CliError, EXIT_FAILURE, EXIT_USAGE } from './errors.js';
+
+export function buildProgram(): Command {
+  const program = new Command('vigil')
+    .description('Vigil: high availability for KVM/libvirt and process hosts on shared storage (after vSphere HA / FDM)')
+    .version('0.1.0')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  registerAgent(program);
+  registerStatus(program);
+  registerConfig(program);
+  registerLab(program);
+  for (const c of program.commands) c.exitOverride();
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help and --version "fail" with exit code 0; usage errors are already printed.
+      process.exitCode = err.exitCode === 0 ? 0 : EXIT_USAGE;
+      return;
+    }
+    if (err instanceof CliError) {
+      process.stderr.write(`vigil: ${err.message}\n`);
+      process.exitCode = err.exitCode;
+      return;
+    }
+    process.stderr.write(`vigil: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = EXIT_FAILURE;
+  }
+}

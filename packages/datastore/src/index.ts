@@ -1,0 +1,3 @@
+export * from './timeout.js';
+export * from './layout.js';
+export * from './probe.js';

@@ -1,0 +1,53 @@
+/**
+ * Test helpers: an independent, byte-by-byte datagram builder following docs/protocol.md, so tests
+ * can forge datagrams (valid HMAC, arbitrary contents) that encode() would refuse to produce.
+ */
+import { createHmac } from 'node:crypto';
+import type { Message } from '@vigil/core';
+import { deriveKey } from '../src/index.js';
+
+export const SECRET = Buffer.from('0123456789abcdef0123456789abcdef', 'utf8');
+export const CLUSTER = 'prod-cluster.1';
+export const KEY = deriveKey(SECRET, CLUSTER);
+
+export interface RawFields {
+  magic?: Buffer;
+  version?: number;
+  type?: number;
+  flags?: number;
+  cluster?: Buffer | string;
+  sender?: Buffer | string;
+  incarnation?: bigint;
+  seq?: number;
+  payload?: Buffer | string;
+  /** Overrides the payload length field (default: actual payload length). */
+  payloadLen?: number;
+  key?: Buffer;
+}
+
+export function buildRaw(f: RawFields = {}): Buffer {
+  const cluster = Buffer.from(f.cluster ?? CLUSTER);
+  const sender = Buffer.from(f.sender ?? 'host-12');
+  const payload = Buffer.from(f.payload ?? '{"datastores":2}');
+  const fixed = Buffer.from([
+    ...(f.magic ?? Buffer.from('VGL')),
+    f.version ?? 1,
+    f.type ?? 1,
+    f.flags ?? 0,
+    cluster.length,
+  ]);
+  const nums = Buffer.alloc(14);
+  nums.writeBigUInt64BE(f.incarnation ?? 1_700_000_000_000n, 0);
+  nums.writeUInt32BE(f.seq ?? 7, 8);
+  nums.writeUInt16BE(f.payloadLen ?? payload.length, 12);
+  const body = Buffer.concat([fixed, cluster, Buffer.from([sender.length]), sender, nums, payload]);
+  const tag = createHmac('sha256', f.key ?? KEY).update(body).digest();
+  return Buffer.concat([body, tag]);
+}
+
+export const SAMPLE_MESSAGES: Message[] = [
+  { type: 'election', datastores: 3 },
+  { type: 'masterHeartbeat', datastores: 2, generation: 41 },
+  { type: 'slaveHeartbeat', datastores: 0, master: 'host-7' },
+  { type: 'abdicate', to: 'host-100' },
+];
