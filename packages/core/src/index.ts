@@ -6,3 +6,4 @@ export * from './rank.js';
 export * from './election.js';
 export * from './hostview.js';
 export * from './host-core.js';
+export * from './liveness.js';

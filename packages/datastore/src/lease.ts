@@ -1,0 +1,278 @@
+/**
+ * A lease on a datastore: `host-N-hb`, `protectedlist`, and the per-VM leases build on this.
+ *
+ * Files, for a lease named X in `.vigil-ha/<cluster>/`:
+ *   X.lock/        the lock: a directory made with proper-lockfile (atomic mkdir)
+ *   <record>       the renewal record beside it: holder, generation, counter, token, state
+ *                  (X itself for heartbeats, X.owner for protectedlist)
+ *   X.claims/<g>   one file per generation, created with O_EXCL by whoever takes generation g
+ *
+ * Why the claims: proper-lockfile judges staleness by comparing the holder's mtime with the
+ * checker's clock (a skewed host steals live locks), and its stale takeover is rmdir + mkdir,
+ * which two contenders can both win. Here proper-lockfile's own staleness is disabled; the
+ * caller decides that a holder is dead by observing its record unchanged for the lease timeout
+ * (ChangeTracker), and a takeover first creates claim g+1 with O_EXCL: exactly one contender
+ * wins it, and only the winner touches the lock directory. The holder checks at each renewal
+ * that no claim g+1 exists and that its lock directory is still there; if either fails, it has
+ * lost the lease. A race between a release and an acquisition can at worst leave no holder for
+ * one renewal period, never two.
+ *
+ * Every storage call runs under a timeout (hung NFS/sshfs never answers).
+ */
+import { mkdir, readdir, readFile, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import lockfile from 'proper-lockfile';
+import { writeFileAtomic } from './atomic.js';
+import { formatLeaseRecord, parseLeaseRecord, type LeaseRecord } from './records.js';
+import { describeError, withTimeout } from './timeout.js';
+
+/** proper-lockfile's clock-based staleness is never used: its stale threshold is set out of reach. */
+const NEVER_STALE_MS = 1_000_000_000;
+
+export class LeaseError extends Error {
+  constructor(
+    message: string,
+    readonly code: 'ELOCKED' | 'ECHANGED' | 'ELOST' | 'ECORRUPT' | 'EIO',
+  ) {
+    super(message);
+    this.name = 'LeaseError';
+  }
+}
+
+export interface LeaseFileOptions {
+  /** The cluster directory on the datastore. */
+  dir: string;
+  /** Lease name X (e.g. `host-3-hb`, `protectedlist`). */
+  name: string;
+  /** Record file name, default X. */
+  recordName?: string;
+  host: string;
+  timeoutMs: number;
+  /** Called if proper-lockfile ever reports the lock compromised (never throws). */
+  onCompromised?: (err: Error) => void;
+}
+
+export interface LeaseSnapshot {
+  /** The record, or null if absent. */
+  record: LeaseRecord | null;
+  /** Why the record could not be used, if it exists but is corrupt. */
+  error?: string;
+  lockExists: boolean;
+  /** Highest claimed generation (0 if none). */
+  maxClaim: number;
+}
+
+export interface Holding {
+  generation: number;
+  token: string;
+  counter: number;
+}
+
+export class LeaseFile {
+  readonly lockPath: string;
+  readonly recordPath: string;
+  readonly claimsDir: string;
+  private holding: Holding | null = null;
+
+  constructor(private readonly opts: LeaseFileOptions) {
+    this.lockPath = join(opts.dir, `${opts.name}.lock`);
+    this.recordPath = join(opts.dir, opts.recordName ?? opts.name);
+    this.claimsDir = join(opts.dir, `${opts.name}.claims`);
+  }
+
+  get held(): Holding | null {
+    return this.holding ? { ...this.holding } : null;
+  }
+
+  private t<T>(what: string, op: () => Promise<T>): Promise<T> {
+    return withTimeout(`${what} (${this.opts.name})`, this.opts.timeoutMs, op);
+  }
+
+  /** Read the record, whether the lock exists, and the highest claim. Never throws on corrupt data. */
+  async read(): Promise<LeaseSnapshot> {
+    return this.t('read lease', async () => {
+      let record: LeaseRecord | null = null;
+      let error: string | undefined;
+      try {
+        const text = await readFile(this.recordPath, 'utf8');
+        const p = parseLeaseRecord(text);
+        if (p.ok) record = p.value;
+        else error = `${this.recordPath}: ${p.error}`;
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT') error = `${this.recordPath}: ${describeError(err)}`;
+      }
+      const lockExists = await stat(this.lockPath).then(
+        (s) => s.isDirectory(),
+        (err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOENT') return false;
+          throw err;
+        },
+      );
+      const maxClaim = await this.maxClaim();
+      return error === undefined ? { record, lockExists, maxClaim } : { record, error, lockExists, maxClaim };
+    });
+  }
+
+  private async maxClaim(): Promise<number> {
+    let names: string[];
+    try {
+      names = await readdir(this.claimsDir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+      throw err;
+    }
+    let max = 0;
+    for (const n of names) if (/^[0-9]{1,15}$/.test(n)) max = Math.max(max, Number(n));
+    return max;
+  }
+
+  /**
+   * Acquire the lease.
+   * - Without `takeover`: only if it is free (no lock directory, or a record in state released).
+   * - With `takeover`: the caller observed this exact record unchanged for the lease timeout (or
+   *   it is this host's own record from an earlier life); the lease is taken over if the record
+   *   is still exactly that one.
+   * Throws LeaseError ELOCKED (held by someone), ECHANGED (the record moved on: not stale), or EIO.
+   */
+  async acquire(takeover?: LeaseRecord): Promise<Holding> {
+    if (this.holding) return { ...this.holding };
+    const snap = await this.read();
+    const rec = snap.record;
+    if (takeover) {
+      if (!rec || rec.generation !== takeover.generation || rec.token !== takeover.token || rec.counter !== takeover.counter) {
+        throw new LeaseError(`${this.opts.name}: the record changed since it was judged dead; not taking over`, 'ECHANGED');
+      }
+    } else if (snap.lockExists && !(rec && rec.state === 'released')) {
+      throw new LeaseError(`${this.opts.name} is held by ${rec?.host ?? 'an unknown holder'}${snap.error ? ` (${snap.error})` : ''}`, 'ELOCKED');
+    }
+    const generation = Math.max(snap.maxClaim, rec?.generation ?? 0) + 1;
+    const token = randomBytes(8).toString('hex');
+    // The claim: exactly one contender creates generation g+1.
+    await this.t('claim', async () => {
+      await mkdir(this.claimsDir, { recursive: true });
+      try {
+        await writeFile(join(this.claimsDir, String(generation)), `${this.opts.host} ${token}\n`, { flag: 'wx' });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+          throw new LeaseError(`${this.opts.name}: another host claimed generation ${generation} first`, 'ELOCKED');
+        }
+        throw err;
+      }
+    });
+    // Only the claim winner removes a stale or released lock directory.
+    if (snap.lockExists) {
+      await this.t('remove stale lock', () =>
+        rmdir(this.lockPath).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOENT') throw err;
+        }),
+      );
+    }
+    await this.t('lock', () =>
+      lockfile.lock(this.recordPath, {
+        lockfilePath: this.lockPath,
+        realpath: false,
+        stale: NEVER_STALE_MS,
+        update: NEVER_STALE_MS / 2,
+        retries: 0,
+        onCompromised: (err: Error) => this.opts.onCompromised?.(err),
+      }).then(
+        () => undefined,
+        (err: NodeJS.ErrnoException) => {
+          if (err.code === 'ELOCKED') throw new LeaseError(`${this.opts.name}: lock directory reappeared during acquisition`, 'ELOCKED');
+          throw err;
+        },
+      ),
+    );
+    const holding: Holding = { generation, token, counter: 0 };
+    await writeFileAtomic(this.recordPath, formatLeaseRecord({ host: this.opts.host, generation, counter: 0, token, state: 'held' }), this.opts.timeoutMs);
+    this.holding = holding;
+    return { ...holding };
+  }
+
+  /**
+   * Renew: check nobody claimed a later generation and our lock directory is still there, then
+   * bump the counter. Throws LeaseError ELOST when the lease was taken over (holding dropped),
+   * or another error (timeout, EIO) when storage failed (holding kept: the caller's self-fence
+   * deadline decides).
+   */
+  async renew(): Promise<Holding> {
+    const h = this.holding;
+    if (!h) throw new LeaseError(`${this.opts.name} is not held`, 'ELOST');
+    const lost = await this.t('check claims', async () => {
+      const next = await stat(join(this.claimsDir, String(h.generation + 1))).then(
+        () => true,
+        (err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOENT') return false;
+          throw err;
+        },
+      );
+      if (next) return `generation ${h.generation + 1} was claimed by another holder`;
+      const lockThere = await stat(this.lockPath).then(
+        () => true,
+        (err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOENT') return false;
+          throw err;
+        },
+      );
+      return lockThere ? null : 'lock directory is gone';
+    });
+    if (lost) {
+      this.holding = null;
+      throw new LeaseError(`${this.opts.name}: lease lost: ${lost}`, 'ELOST');
+    }
+    const counter = h.counter + 1;
+    await writeFileAtomic(
+      this.recordPath,
+      formatLeaseRecord({ host: this.opts.host, generation: h.generation, counter, token: h.token, state: 'held' }),
+      this.opts.timeoutMs,
+    );
+    h.counter = counter;
+    return { ...h };
+  }
+
+  /** Release: mark the record released, then remove the lock directory. Best effort. */
+  async release(): Promise<void> {
+    const h = this.holding;
+    if (!h) return;
+    this.holding = null;
+    const superseded = await this.t('check claims', () =>
+      stat(join(this.claimsDir, String(h.generation + 1))).then(
+        () => true,
+        () => false,
+      ),
+    ).catch(() => true);
+    if (superseded) return;
+    await writeFileAtomic(
+      this.recordPath,
+      formatLeaseRecord({ host: this.opts.host, generation: h.generation, counter: h.counter + 1, token: h.token, state: 'released' }),
+      this.opts.timeoutMs,
+    ).catch(() => {});
+    await this.t('unlock', () => lockfile.unlock(this.recordPath, { lockfilePath: this.lockPath, realpath: false })).catch(() =>
+      this.t('unlock', () => rmdir(this.lockPath)).catch(() => {}),
+    );
+  }
+
+  /** Forget the holding without touching storage (after a self-fence or a crash-equivalent). */
+  abandon(): void {
+    this.holding = null;
+  }
+
+  /** Remove claim files far below the current generation (they only need to outlive races). */
+  async pruneClaims(keep = 16): Promise<void> {
+    const h = this.holding;
+    if (!h) return;
+    await this.t('prune claims', async () => {
+      const names = await readdir(this.claimsDir);
+      for (const n of names) if (/^[0-9]{1,15}$/.test(n) && Number(n) < h.generation - keep) await unlink(join(this.claimsDir, n)).catch(() => {});
+    });
+  }
+}
+
+/** A comparable value for ChangeTracker: changes whenever the holder renews, re-acquires or releases. */
+export function sampleOf(snap: LeaseSnapshot): { value: string | null; released: boolean } {
+  const r = snap.record;
+  if (!r) return { value: snap.lockExists ? `lock-without-record:${snap.maxClaim}` : null, released: false };
+  return { value: `${r.host}:${r.generation}:${r.token}:${r.counter}`, released: r.state === 'released' };
+}
