@@ -21,6 +21,7 @@ import type { Logger } from './logger.js';
 import { monotonicClock, type Clock } from './clock.js';
 import { UdpTransport, type Datagram, type Transport } from './transport.js';
 import { ControlServer, type ControlRequest } from './control-server.js';
+import { StorageRuntime } from './storage.js';
 
 export interface AgentOptions {
   config: ClusterConfig;
@@ -42,6 +43,10 @@ export interface AgentStatus {
   master: HostId | null;
   datastores: string[];
   heartbeatDatastores: string[];
+  /** Heartbeat datastores on which this host currently holds its host-N-hb lease. */
+  heartbeatsHeld: string[];
+  /** Datastores whose protectedlist this host holds (master only). */
+  ownedDatastores: string[];
   generation: number;
   address: string;
   port: number;
@@ -57,6 +62,9 @@ export interface HostRow {
   state: string;
   lastHeartbeatMs: number | null;
   datastores: number | null;
+  storageHeartbeat: 'alive' | 'dead' | 'unknown';
+  isolated: boolean | null;
+  vms: number | null;
 }
 
 export class Agent {
@@ -69,6 +77,7 @@ export class Agent {
   private readonly replay = new ReplayGuard();
   private readonly dropLog = new RateLimitedCounter<string>(10_000);
   private readonly prober: DatastoreProber;
+  private readonly storage: StorageRuntime;
   private readonly addressToHost = new Map<string, HostId>();
   private transport: Transport | null;
   private control: ControlServer | null = null;
@@ -93,6 +102,7 @@ export class Agent {
     this.key = deriveKey(opts.secret, this.config.cluster);
     for (const [id, h] of Object.entries(this.config.hosts)) this.addressToHost.set(`${h.address}|${h.port}`, id);
     this.core = new HostCore({ self: this.host, hosts: Object.keys(this.config.hosts), timing: this.config.timing });
+    this.storage = new StorageRuntime({ config: this.config, host: this.host, logger: this.logger, clock: this.clock, feed: (ev) => this.feed(ev) });
     const mounted = Object.fromEntries(me.datastores.map((d) => [d, this.config.datastores[d]!]));
     this.prober = new DatastoreProber({
       cluster: this.config.cluster,
@@ -143,6 +153,7 @@ export class Agent {
     this.timers.push(setInterval(() => this.feed({ type: 'tick', now: this.clock.now() }), tickMs));
     this.timers.push(setInterval(() => void this.probe(), t.datastoreProbeIntervalMs));
     this.timers.push(setInterval(() => this.flushDropLog(), 10_000));
+    this.storage.start();
     await this.probe();
   }
 
@@ -153,6 +164,7 @@ export class Agent {
     this.timers = [];
     this.logger.log('info', 'agent.stopping', `agent stopping: ${reason}`, { reason, role: this.role });
     this.feed({ type: 'shutdown', now: this.clock.now() });
+    await this.storage.stop();
     await this.control?.close();
     await this.transport?.close();
   }
@@ -167,6 +179,8 @@ export class Agent {
       master: st.master,
       datastores: st.datastores,
       heartbeatDatastores: heartbeatDatastoresFor(this.config, this.host),
+      heartbeatsHeld: this.storage.heldHeartbeats(),
+      ownedDatastores: st.owned,
       generation: st.generation,
       address: me.address,
       port: me.port,
@@ -178,13 +192,31 @@ export class Agent {
   }
 
   hosts(): HostRow[] {
-    return this.core.hostsView().map((v) => ({
+    return this.core.hostsView().map((v) => v.host === this.host ? this.selfRow(v) : ({
       host: v.host,
       address: this.config.hosts[v.host]?.address ?? '',
       state: v.state,
       lastHeartbeatMs: v.lastHeartbeatMs === null ? null : Math.round(v.lastHeartbeatMs),
       datastores: v.datastores,
+      storageHeartbeat: v.storageHeartbeat,
+      isolated: v.isolated,
+      vms: v.vms,
     }));
+  }
+
+  /** This host's own row: its storage heartbeat and poweron are what it holds and writes. */
+  private selfRow(v: ReturnType<HostCore['hostsView']>[number]): HostRow {
+    const held = this.storage.heldHeartbeats();
+    return {
+      host: v.host,
+      address: this.config.hosts[v.host]?.address ?? '',
+      state: v.state,
+      lastHeartbeatMs: null,
+      datastores: v.datastores,
+      storageHeartbeat: held.length > 0 ? 'alive' : heartbeatDatastoresFor(this.config, this.host).length === 0 ? 'unknown' : 'dead',
+      isolated: this.role === 'isolated',
+      vms: 0,
+    };
   }
 
   // ---- inputs -------------------------------------------------------------------------------
@@ -260,7 +292,9 @@ export class Agent {
         this.lastProbe.set(r.name, r);
       }
       if (!this.stopped) {
-        this.feed({ type: 'datastores', now: this.clock.now(), accessible: results.filter((r) => r.accessible).map((r) => r.name) });
+        const accessible = results.filter((r) => r.accessible).map((r) => r.name);
+        this.storage.setAccessible(accessible);
+        this.feed({ type: 'datastores', now: this.clock.now(), accessible });
       }
     } finally {
       this.probing = false;
@@ -282,6 +316,7 @@ export class Agent {
   }
 
   private perform(a: CoreAction): void {
+    if (this.storage.perform(a)) return;
     switch (a.type) {
       case 'send':
         this.send(a.to, a.msg);
@@ -291,6 +326,7 @@ export class Agent {
         return;
       case 'role':
         this.role = a.role;
+        this.storage.setRole(a.role);
         if (a.generation > this.generation) {
           this.generation = a.generation;
           void this.writeState({ incarnation: this.sequence?.incarnation ?? 0, generation: this.generation });

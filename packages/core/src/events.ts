@@ -16,7 +16,31 @@ export type CoreEvent =
   /** Result of the latest datastore probe: the datastores this host can read and write now. */
   | { type: 'datastores'; now: number; accessible: string[] }
   /** The agent is stopping (SIGTERM): give up roles cleanly. */
-  | { type: 'shutdown'; now: number };
+  | { type: 'shutdown'; now: number }
+  /** A periodic read of a datastore's protectedlist lease record (every host samples these). */
+  | { type: 'protectedlistSample'; now: number; datastore: string; record: LeaseRecordView | null; lockExists: boolean; error?: string }
+  /** Result of an acquireProtectedlist action. `vms`: the list found on disk (null if none or unreadable). */
+  | { type: 'protectedlistAcquired'; now: number; datastore: string; generation: number; vms: string[] | null; error?: string }
+  | { type: 'protectedlistAcquireFailed'; now: number; datastore: string; error: string }
+  /** The protectedlist file of a datastore this master holds was found missing, corrupt or not its own. */
+  | { type: 'protectedlistDamaged'; now: number; datastore: string; problem: string }
+  /** A held protectedlist lease was lost (taken over, or the self-fence deadline passed). */
+  | { type: 'protectedlistLost'; now: number; datastore: string; reason: string }
+  /** This host's own storage heartbeat on a datastore could not be renewed in time (or was taken). */
+  | { type: 'heartbeatLost'; now: number; datastore: string; reason: string }
+  /** Master only: a read of host-N-hb on a datastore (the storage heartbeat). */
+  | { type: 'heartbeatSample'; now: number; host: HostId; datastore: string; record: LeaseRecordView | null; error?: string }
+  /** Master only: a host's poweron file as read from a datastore (null: absent; error: corrupt). */
+  | { type: 'poweronSample'; now: number; host: HostId; datastore: string; isolated: boolean | null; vms: string[] | null; error?: string };
+
+/** What the core needs to know of a lease record (see @vigil/datastore LeaseRecord). */
+export interface LeaseRecordView {
+  host: HostId;
+  generation: number;
+  counter: number;
+  token: string;
+  state: 'held' | 'released';
+}
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 
@@ -24,5 +48,16 @@ export type CoreAction =
   | { type: 'send'; to: HostId; msg: Message }
   /** One structured line per decision, with its reason. */
   | { type: 'log'; level: LogLevel; event: string; message: string; fields: Record<string, unknown> }
-  /** The role changed: the runtime starts or stops what the role owns (e.g. protectedlist locks). */
-  | { type: 'role'; role: Role; master: HostId | null; generation: number };
+  /** The role changed. */
+  | { type: 'role'; role: Role; master: HostId | null; generation: number }
+  /**
+   * Take the protectedlist lease of a datastore. `takeover`: null when it is free; the dead
+   * record it replaces; or 'orphan' for a lock directory seen without a readable record for the
+   * whole lease timeout.
+   */
+  | { type: 'acquireProtectedlist'; datastore: string; takeover: LeaseRecordView | 'orphan' | null }
+  | { type: 'releaseProtectedlist'; datastore: string }
+  /** This host's poweron content (isolation bit, powered-on VMs): the runtime keeps every heartbeat datastore's copy equal to it. */
+  | { type: 'writePoweron'; isolated: boolean; vms: string[] }
+  /** Rewrite the protectedlist of a datastore this master holds (the runtime refuses if not held). */
+  | { type: 'writeProtectedlist'; datastore: string; vms: string[] };

@@ -5,6 +5,7 @@
  */
 import type { HostId } from './ids.js';
 
+
 export type HostState =
   | 'master'
   | 'connected'
@@ -19,4 +20,10 @@ export interface HostView {
   lastHeartbeatMs: number | null;
   /** Datastores it last reported as accessible. */
   datastores: number | null;
+  /** Its storage heartbeat as the master judges it by change (master's view only). */
+  storageHeartbeat: 'alive' | 'dead' | 'unknown';
+  /** Isolation bit of its poweron file (null: not read). */
+  isolated: boolean | null;
+  /** Number of VMs its poweron file lists (null: not read). */
+  vms: number | null;
 }

@@ -7,3 +7,5 @@ export * from './election.js';
 export * from './hostview.js';
 export * from './host-core.js';
 export * from './liveness.js';
+export * from './ownership.js';
+export * from './storage-view.js';

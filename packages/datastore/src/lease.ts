@@ -134,13 +134,18 @@ export class LeaseFile {
    * - With `takeover`: the caller observed this exact record unchanged for the lease timeout (or
    *   it is this host's own record from an earlier life); the lease is taken over if the record
    *   is still exactly that one.
+   * - With 'orphan': the caller saw the lock directory without a readable record for the lease
+   *   timeout; taken over if there is still no readable record.
    * Throws LeaseError ELOCKED (held by someone), ECHANGED (the record moved on: not stale), or EIO.
    */
-  async acquire(takeover?: LeaseRecord): Promise<Holding> {
+  async acquire(takeover?: LeaseRecord | 'orphan'): Promise<Holding> {
     if (this.holding) return { ...this.holding };
     const snap = await this.read();
     const rec = snap.record;
-    if (takeover) {
+    if (takeover === 'orphan') {
+      // A lock directory whose record was missing or unreadable for the whole lease timeout.
+      if (rec) throw new LeaseError(`${this.opts.name}: a record appeared since the lock was judged orphaned; not taking over`, 'ECHANGED');
+    } else if (takeover) {
       if (!rec || rec.generation !== takeover.generation || rec.token !== takeover.token || rec.counter !== takeover.counter) {
         throw new LeaseError(`${this.opts.name}: the record changed since it was judged dead; not taking over`, 'ECHANGED');
       }

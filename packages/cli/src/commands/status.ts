@@ -20,7 +20,8 @@ export function registerStatus(program: Command): void {
             ['role', st.role],
             ['master', st.master ?? '(none)'],
             ['datastores', st.datastores.join(', ') || '(none accessible)'],
-            ['heartbeat datastores', st.heartbeatDatastores.join(', ') || '(none)'],
+            ['heartbeat datastores', `${st.heartbeatDatastores.join(', ') || '(none)'} (held: ${st.heartbeatsHeld.join(', ') || 'none'})`],
+            ['owned datastores', st.role === 'master' ? st.ownedDatastores.join(', ') || '(none yet)' : '-'],
             ['generation', st.generation],
             ['timing profile', st.profile],
             ['uptime', ms(st.uptimeMs)],
@@ -46,8 +47,17 @@ export function registerStatus(program: Command): void {
       }
       process.stdout.write(
         table(
-          ['HOST', 'ADDRESS', 'STATE', 'LAST HEARTBEAT', 'DATASTORES'],
-          res.hosts.map((h) => [h.host, h.address, h.state, h.lastHeartbeatMs === null ? '-' : `${ms(h.lastHeartbeatMs)} ago`, h.datastores]),
+          ['HOST', 'ADDRESS', 'STATE', 'LAST HEARTBEAT', 'STORAGE HB', 'ISOLATED', 'VMS', 'DATASTORES'],
+          res.hosts.map((h) => [
+            h.host,
+            h.address,
+            h.state,
+            h.lastHeartbeatMs === null ? '-' : `${ms(h.lastHeartbeatMs)} ago`,
+            h.storageHeartbeat,
+            h.isolated === null ? '-' : h.isolated ? 'yes' : 'no',
+            h.vms,
+            h.datastores,
+          ]),
         ) + '\n',
       );
     });

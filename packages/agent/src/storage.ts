@@ -1,0 +1,418 @@
+/**
+ * The storage half of the runtime (SPEC §3.3): this host's heartbeat leases and poweron file,
+ * the master's protectedlist leases, and the reads that feed the core (protectedlist records on
+ * every host; other hosts' heartbeats and poweron files on the master, followed with chokidar
+ * plus a periodic rescan). Decisions stay in the core; this class performs and observes.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { watch, type FSWatcher } from 'chokidar';
+import type { CoreEvent, CoreAction, HostId, LeaseRecordView, Role } from '@vigil/core';
+import type { ClusterConfig } from '@vigil/config';
+import { heartbeatDatastoresFor } from '@vigil/config';
+import {
+  clusterDir,
+  describeError,
+  formatPoweron,
+  formatProtectedList,
+  LeaseError,
+  LeaseFile,
+  LeaseKeeper,
+  parsePoweron,
+  parseProtectedList,
+  withTimeout,
+  writeFileAtomic,
+  type KeeperEvent,
+} from '@vigil/datastore';
+import type { Logger } from './logger.js';
+import type { Clock } from './clock.js';
+
+export interface StorageOptions {
+  config: ClusterConfig;
+  host: HostId;
+  logger: Logger;
+  clock: Clock;
+  /** Feed an event to the core (the agent performs the resulting actions). */
+  feed: (ev: CoreEvent) => void;
+}
+
+const hbKey = (ds: string) => `hb:${ds}`;
+const plKey = (ds: string) => `pl:${ds}`;
+
+export class StorageRuntime {
+  private readonly config: ClusterConfig;
+  private readonly host: HostId;
+  private readonly logger: Logger;
+  private readonly clock: Clock;
+  private readonly keeper: LeaseKeeper;
+  private readonly hbDatastores: string[];
+  private readonly hbLeases = new Map<string, LeaseFile>();
+  private readonly plLeases = new Map<string, LeaseFile>();
+  private readonly acquiringHb = new Set<string>();
+  private readonly poweronOnDisk = new Map<string, string>();
+  private readonly sampleErrors = new Map<string, string>();
+  private poweron: string | null = null;
+  private accessible: string[] = [];
+  private role: Role = 'uninitialized';
+  private watcher: FSWatcher | null = null;
+  private timers: NodeJS.Timeout[] = [];
+  private sampling = false;
+  private stopped = false;
+
+  constructor(private readonly opts: StorageOptions) {
+    this.config = opts.config;
+    this.host = opts.host;
+    this.logger = opts.logger;
+    this.clock = opts.clock;
+    this.hbDatastores = heartbeatDatastoresFor(this.config, this.host);
+    const t = this.config.timing;
+    this.keeper = new LeaseKeeper({
+      intervalMs: t.storageHeartbeatIntervalMs,
+      selfFenceDeadlineMs: t.selfFenceDeadlineMs,
+      now: () => this.clock.now(),
+      onEvent: (ev) => this.onKeeperEvent(ev),
+    });
+  }
+
+  private dir(ds: string): string {
+    return clusterDir(this.config.datastores[ds]!, this.config.cluster);
+  }
+
+  private lease(ds: string, name: string, recordName?: string): LeaseFile {
+    return new LeaseFile({
+      dir: this.dir(ds),
+      name,
+      ...(recordName ? { recordName } : {}),
+      host: this.host,
+      timeoutMs: this.config.timing.storageCallTimeoutMs,
+      onCompromised: (err) => this.logger.log('warn', 'lease.compromised', `proper-lockfile reported ${name} on ${ds} compromised: ${err.message}`, { datastore: ds, lease: name }),
+    });
+  }
+
+  start(): void {
+    const t = this.config.timing;
+    this.keeper.start();
+    this.timers.push(setInterval(() => void this.sample(), Math.max(50, Math.floor(t.storageHeartbeatIntervalMs / 2))));
+    this.timers.push(setInterval(() => void this.ensureHeartbeats(), t.storageHeartbeatIntervalMs));
+    this.timers.push(setInterval(() => void this.rescan(), t.rescanIntervalMs));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    await this.watcher?.close().catch(() => {});
+    this.watcher = null;
+    await this.keeper.stop(true);
+  }
+
+  /** Datastores accessible right now (from the prober). */
+  setAccessible(accessible: string[]): void {
+    this.accessible = accessible;
+    void this.ensureHeartbeats();
+  }
+
+  setRole(role: Role): void {
+    const was = this.role;
+    this.role = role;
+    if (role === 'master' && was !== 'master') this.startWatching();
+    if (role !== 'master' && was === 'master') {
+      void this.watcher?.close().catch(() => {});
+      this.watcher = null;
+    }
+  }
+
+  heldHeartbeats(): string[] {
+    return this.hbDatastores.filter((d) => this.keeper.valid(hbKey(d)));
+  }
+
+  // ---- actions from the core ------------------------------------------------------------------
+
+  perform(a: CoreAction): boolean {
+    switch (a.type) {
+      case 'acquireProtectedlist':
+        void this.acquireProtectedlist(a.datastore, a.takeover);
+        return true;
+      case 'releaseProtectedlist':
+        void this.releaseProtectedlist(a.datastore);
+        return true;
+      case 'writeProtectedlist':
+        void this.writeProtectedlist(a.datastore, a.vms);
+        return true;
+      case 'writePoweron':
+        this.poweron = formatPoweron({ isolated: a.isolated, vms: a.vms });
+        void this.writePoweron();
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  private async acquireProtectedlist(ds: string, takeover: LeaseRecordView | 'orphan' | null): Promise<void> {
+    const lease = this.lease(ds, 'protectedlist', 'protectedlist.owner');
+    const started = this.clock.now();
+    try {
+      const h = await lease.acquire(takeover ?? undefined);
+      if (this.stopped) return void (await lease.release());
+      this.plLeases.set(ds, lease);
+      this.keeper.add(plKey(ds), lease, started);
+      let vms: string[] | null = null;
+      let error: string | undefined;
+      const file = join(this.dir(ds), 'protectedlist');
+      try {
+        const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8'));
+        const p = parseProtectedList(text);
+        if (p.ok) vms = p.value.vms;
+        else error = `${file}: ${p.error}`;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') error = `${file}: ${describeError(err)}`;
+      }
+      if (error) this.logger.log('error', 'storage.corrupt', `cannot use ${file}: ${error}; it will be rewritten`, { file, datastore: ds });
+      this.opts.feed({ type: 'protectedlistAcquired', now: this.clock.now(), datastore: ds, generation: h.generation, vms, ...(error ? { error } : {}) });
+    } catch (err) {
+      const msg = err instanceof LeaseError ? err.message : describeError(err);
+      this.opts.feed({ type: 'protectedlistAcquireFailed', now: this.clock.now(), datastore: ds, error: msg });
+    }
+  }
+
+  private async releaseProtectedlist(ds: string): Promise<void> {
+    this.plLeases.delete(ds);
+    await this.keeper.release(plKey(ds)).catch((err) =>
+      this.logger.log('warn', 'ownership.release-failed', `could not release the protectedlist of ${ds}: ${describeError(err)}`, { datastore: ds }),
+    );
+  }
+
+  private async writeProtectedlist(ds: string, vms: string[]): Promise<void> {
+    const lease = this.plLeases.get(ds);
+    const held = lease?.held;
+    // Never write a protectedlist this host does not hold (or whose self-fence deadline passed).
+    if (!lease || !held || !this.keeper.valid(plKey(ds))) {
+      this.logger.log('warn', 'ownership.write-refused', `not writing the protectedlist of ${ds}: this host does not hold it`, { datastore: ds });
+      return;
+    }
+    const file = join(this.dir(ds), 'protectedlist');
+    try {
+      await writeFileAtomic(file, formatProtectedList({ owner: this.host, generation: held.generation, vms }), this.config.timing.storageCallTimeoutMs);
+    } catch (err) {
+      this.logger.log('error', 'storage.write-failed', `could not write ${file}: ${describeError(err)}`, { file, datastore: ds });
+    }
+  }
+
+  // ---- own heartbeat and poweron ----------------------------------------------------------------
+
+  private async ensureHeartbeats(): Promise<void> {
+    if (this.stopped) return;
+    for (const ds of this.hbDatastores) {
+      if (this.keeper.has(hbKey(ds)) || this.acquiringHb.has(ds) || !this.accessible.includes(ds)) continue;
+      this.acquiringHb.add(ds);
+      const lease = this.lease(ds, `${this.host}-hb`);
+      const started = this.clock.now();
+      try {
+        const snap = await lease.read();
+        // Only this host ever holds host-N-hb: a record of ours is from an earlier life (or a
+        // holding this process abandoned after a self-fence), so take it over at once.
+        const own = snap.record && snap.record.host === this.host && snap.record.state === 'held' ? snap.record : undefined;
+        const h = own ? await lease.acquire(own) : snap.lockExists && !snap.record ? await lease.acquire(undefined).catch(() => this.forceOwn(lease)) : await lease.acquire();
+        if (this.stopped) {
+          await lease.release();
+          return;
+        }
+        this.hbLeases.set(ds, lease);
+        this.keeper.add(hbKey(ds), lease, started);
+        this.logger.log('info', 'heartbeat.acquired', `holding storage heartbeat ${this.host}-hb on ${ds} (generation ${h.generation})`, { datastore: ds, generation: h.generation });
+        this.poweronOnDisk.delete(ds);
+        void this.writePoweron();
+      } catch (err) {
+        this.noteError(`hb-acquire:${ds}`, `cannot take storage heartbeat ${this.host}-hb on ${ds}: ${describeError(err)}`);
+      } finally {
+        this.acquiringHb.delete(ds);
+      }
+    }
+  }
+
+  /** Our own heartbeat lock exists without a readable record: it can only be ours. */
+  private async forceOwn(lease: LeaseFile) {
+    return lease.acquire('orphan');
+  }
+
+  private async writePoweron(): Promise<void> {
+    const content = this.poweron;
+    if (content === null || this.stopped) return;
+    for (const ds of this.hbDatastores) {
+      if (!this.accessible.includes(ds) || this.poweronOnDisk.get(ds) === content) continue;
+      const file = join(this.dir(ds), `${this.host}-poweron`);
+      try {
+        await writeFileAtomic(file, content, this.config.timing.storageCallTimeoutMs);
+        this.poweronOnDisk.set(ds, content);
+      } catch (err) {
+        this.poweronOnDisk.delete(ds);
+        this.noteError(`poweron-write:${ds}`, `could not write ${file}: ${describeError(err)}`);
+      }
+    }
+  }
+
+  private onKeeperEvent(ev: KeeperEvent): void {
+    const [kind, ds] = ev.key.split(':') as ['hb' | 'pl', string];
+    if (ev.type === 'renewed') {
+      this.clearError(`renew:${ev.key}`);
+      return;
+    }
+    if (ev.type === 'renewFailed') {
+      this.noteError(`renew:${ev.key}`, `renewal of ${kind === 'hb' ? `${this.host}-hb` : 'protectedlist'} on ${ds} failed: ${ev.error}`);
+      return;
+    }
+    // Lost: taken over, or the self-fence deadline passed.
+    if (kind === 'hb') {
+      this.hbLeases.delete(ds);
+      this.poweronOnDisk.delete(ds);
+      this.opts.feed({ type: 'heartbeatLost', now: this.clock.now(), datastore: ds, reason: ev.reason });
+    } else {
+      this.plLeases.delete(ds);
+      this.opts.feed({ type: 'protectedlistLost', now: this.clock.now(), datastore: ds, reason: ev.reason });
+    }
+  }
+
+  // ---- observation ------------------------------------------------------------------------------
+
+  /** Read protectedlist records (every host) and other hosts' heartbeats (master). */
+  private async sample(): Promise<void> {
+    if (this.sampling || this.stopped) return;
+    this.sampling = true;
+    try {
+      const reads: Promise<void>[] = [];
+      for (const ds of this.accessible) {
+        reads.push(
+          this.lease(ds, 'protectedlist', 'protectedlist.owner')
+            .read()
+            .then((snap) => {
+              this.noteSampleError(`pl:${ds}`, snap.error);
+              this.opts.feed({
+                type: 'protectedlistSample',
+                now: this.clock.now(),
+                datastore: ds,
+                record: snap.record,
+                lockExists: snap.lockExists,
+                ...(snap.error ? { error: snap.error } : {}),
+              });
+            })
+            .catch((err) => this.noteError(`pl-read:${ds}`, `cannot read the protectedlist lease on ${ds}: ${describeError(err)}`)),
+        );
+        if (this.role !== 'master') continue;
+        for (const [host, h] of Object.entries(this.config.hosts)) {
+          if (host === this.host || !h.datastores.includes(ds)) continue;
+          if (!heartbeatDatastoresFor(this.config, host).includes(ds)) continue;
+          reads.push(
+            this.lease(ds, `${host}-hb`)
+              .read()
+              .then((snap) => {
+                this.opts.feed({
+                  type: 'heartbeatSample',
+                  now: this.clock.now(),
+                  host,
+                  datastore: ds,
+                  record: snap.record,
+                  ...(snap.error ? { error: snap.error } : {}),
+                });
+              })
+              .catch(() => {}),
+          );
+        }
+      }
+      await Promise.all(reads);
+    } finally {
+      this.sampling = false;
+    }
+  }
+
+  /** Master: follow poweron and poweredoff changes as they happen (FDM polls every 30 s). */
+  private startWatching(): void {
+    if (this.watcher) return;
+    const dirs = Object.keys(this.config.datastores)
+      .filter((d) => this.config.hosts[this.host]!.datastores.includes(d))
+      .map((d) => this.dir(d));
+    this.watcher = watch(dirs, {
+      depth: 1,
+      ignoreInitial: false,
+      ignored: (p: string) => /\.(tmp|lock|claims)(\/|$)/.test(p) || /\/probe(\/|$)/.test(p),
+    });
+    const onFile = (path: string) => {
+      const m = /\/(host-[0-9]+)-poweron$/.exec(path);
+      if (m) void this.readPoweron(m[1]!, path);
+    };
+    this.watcher.on('add', onFile).on('change', onFile).on('error', (err) => this.noteError('watch', `file watcher: ${describeError(err)}`));
+    void this.rescan();
+  }
+
+  private dsOfPath(path: string): string | null {
+    for (const d of Object.keys(this.config.datastores)) if (path.startsWith(this.dir(d) + '/')) return d;
+    return null;
+  }
+
+  private async readPoweron(host: string, path: string): Promise<void> {
+    const ds = this.dsOfPath(path);
+    if (!ds || host === this.host || !this.config.hosts[host]) return;
+    const base = { type: 'poweronSample' as const, host, datastore: ds };
+    try {
+      const text = await withTimeout(`read ${path}`, this.config.timing.storageCallTimeoutMs, () => readFile(path, 'utf8'));
+      const p = parsePoweron(text);
+      if (p.ok) this.opts.feed({ ...base, now: this.clock.now(), isolated: p.value.isolated, vms: p.value.vms });
+      else this.opts.feed({ ...base, now: this.clock.now(), isolated: null, vms: null, error: `${path}: ${p.error}` });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return;
+      this.opts.feed({ ...base, now: this.clock.now(), isolated: null, vms: null, error: `${path}: ${describeError(err)}` });
+    }
+  }
+
+  /** Fallback for filesystems that drop change events, and repair of what this host owns. */
+  private async rescan(): Promise<void> {
+    if (this.stopped) return;
+    // Own poweron files: rewrite any copy that is missing, corrupt or different.
+    for (const ds of this.hbDatastores) {
+      if (!this.accessible.includes(ds) || this.poweron === null) continue;
+      const file = join(this.dir(ds), `${this.host}-poweron`);
+      const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8')).catch((err) => `!${describeError(err)}`);
+      if (text !== this.poweron) {
+        if (this.poweronOnDisk.has(ds)) {
+          this.logger.log('warn', 'storage.repaired', `${file} did not hold what this host wrote (${text.startsWith('!') ? text.slice(1) : 'different or corrupt content'}); rewriting it`, { file, datastore: ds });
+        }
+        this.poweronOnDisk.delete(ds);
+      }
+    }
+    void this.writePoweron();
+    if (this.role !== 'master') return;
+    // Protectedlists this master holds: rewrite if someone damaged them.
+    for (const [ds, lease] of this.plLeases) {
+      const held = lease.held;
+      if (!held) continue;
+      const file = join(this.dir(ds), 'protectedlist');
+      const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8')).catch(() => null);
+      const p = text === null ? null : parseProtectedList(text);
+      const problem = !p ? 'missing or unreadable' : !p.ok ? p.error : p.value.owner !== this.host || p.value.generation !== held.generation ? `owner ${p.value.owner} generation ${p.value.generation}, not ours` : null;
+      if (problem) this.opts.feed({ type: 'protectedlistDamaged', now: this.clock.now(), datastore: ds, problem: `${file}: ${problem}` });
+    }
+    // Other hosts' poweron files.
+    for (const ds of this.accessible) {
+      for (const host of Object.keys(this.config.hosts)) {
+        if (host !== this.host) await this.readPoweron(host, join(this.dir(ds), `${host}-poweron`));
+      }
+    }
+  }
+
+  // ---- rate-limited problem logging -----------------------------------------------------------
+
+  private noteError(key: string, message: string): void {
+    if (this.sampleErrors.get(key) === message) return;
+    this.sampleErrors.set(key, message);
+    this.logger.log('warn', 'storage.error', message, { key });
+  }
+
+  private clearError(key: string): void {
+    if (this.sampleErrors.delete(key)) this.logger.log('info', 'storage.recovered', `recovered: ${key}`, { key });
+  }
+
+  private noteSampleError(key: string, error: string | undefined): void {
+    if (error) this.noteError(`sample:${key}`, `corrupt file: ${error}`);
+    else this.clearError(`sample:${key}`);
+  }
+}
