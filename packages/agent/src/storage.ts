@@ -15,6 +15,8 @@ import {
   describeError,
   formatPoweron,
   formatProtectedList,
+  listPoweredOff,
+  poweredoffDir,
   LeaseError,
   LeaseFile,
   LeaseKeeper,
@@ -337,9 +339,11 @@ export class StorageRuntime {
     });
     const onFile = (path: string) => {
       const m = /\/(host-[0-9]+)-poweron$/.exec(path);
-      if (m) void this.readPoweron(m[1]!, path);
+      if (m) return void this.readPoweron(m[1]!, path);
+      const ds = /\/poweredoff(\/[^/]*)?$/.test(path) ? this.dsOfPath(path) : null;
+      if (ds) void this.readPoweredOff(ds);
     };
-    this.watcher.on('add', onFile).on('change', onFile).on('error', (err) => this.noteError('watch', `file watcher: ${describeError(err)}`));
+    this.watcher.on('add', onFile).on('change', onFile).on('unlink', onFile).on('addDir', onFile).on('error', (err) => this.noteError('watch', `file watcher: ${describeError(err)}`));
     void this.rescan();
   }
 
@@ -361,6 +365,16 @@ export class StorageRuntime {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return;
       this.opts.feed({ ...base, now: this.clock.now(), isolated: null, vms: null, error: `${path}: ${describeError(err)}` });
+    }
+  }
+
+  private async readPoweredOff(ds: string): Promise<void> {
+    try {
+      const { vms, invalid } = await listPoweredOff(poweredoffDir(this.config.datastores[ds]!, this.config.cluster), this.config.timing.storageCallTimeoutMs);
+      if (invalid.length > 0) this.noteError(`poweredoff:${ds}`, `poweredoff/ on ${ds} holds names that are not VM ids: ${invalid.slice(0, 5).join(', ')}`);
+      this.opts.feed({ type: 'poweredoffSample', now: this.clock.now(), datastore: ds, vms });
+    } catch (err) {
+      this.noteError(`poweredoff-read:${ds}`, `cannot list poweredoff/ on ${ds}: ${describeError(err)}`);
     }
   }
 
@@ -391,8 +405,9 @@ export class StorageRuntime {
       const problem = !p ? 'missing or unreadable' : !p.ok ? p.error : p.value.owner !== this.host || p.value.generation !== held.generation ? `owner ${p.value.owner} generation ${p.value.generation}, not ours` : null;
       if (problem) this.opts.feed({ type: 'protectedlistDamaged', now: this.clock.now(), datastore: ds, problem: `${file}: ${problem}` });
     }
-    // Other hosts' poweron files.
+    // Other hosts' poweron files, and poweredoff/.
     for (const ds of this.accessible) {
+      await this.readPoweredOff(ds);
       for (const host of Object.keys(this.config.hosts)) {
         if (host !== this.host) await this.readPoweron(host, join(this.dir(ds), `${host}-poweron`));
       }

@@ -30,6 +30,8 @@ export type CoreEvent =
   | { type: 'heartbeatLost'; now: number; datastore: string; reason: string }
   /** Master only: a read of host-N-hb on a datastore (the storage heartbeat). */
   | { type: 'heartbeatSample'; now: number; host: HostId; datastore: string; record: LeaseRecordView | null; error?: string }
+  /** Master only: the VM ids listed in a datastore's poweredoff/ directory. */
+  | { type: 'poweredoffSample'; now: number; datastore: string; vms: string[] }
   /** Master only: a host's poweron file as read from a datastore (null: absent; error: corrupt). */
   | { type: 'poweronSample'; now: number; host: HostId; datastore: string; isolated: boolean | null; vms: string[] | null; error?: string };
 

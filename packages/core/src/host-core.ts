@@ -58,6 +58,7 @@ export class HostCore {
         });
         break;
       case 'heartbeatSample':
+      case 'poweredoffSample':
       case 'poweronSample':
         out.push(...this.storage.step(ev));
         break;
@@ -100,6 +101,10 @@ export class HostCore {
 
   ownershipView(): DatastoreOwnership[] {
     return this.ownership.view(this.now);
+  }
+
+  poweredOff(): Map<string, string[]> {
+    return this.storage.poweredOff();
   }
 
   protectedVms(): Map<string, string[]> {

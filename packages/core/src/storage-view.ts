@@ -21,6 +21,7 @@ export class StorageView {
   private readonly hbDatastores = new Map<HostId, Set<string>>();
   private readonly poweron = new Map<HostId, { at: number; isolated: boolean; vms: string[] }>();
   private readonly errors = new Map<string, string>();
+  private readonly poweredoff = new Map<string, string[]>();
   private out: CoreAction[] = [];
 
   constructor(leaseTimeoutMs: number) {
@@ -37,6 +38,13 @@ export class StorageView {
       if (!set) this.hbDatastores.set(ev.host, (set = new Set()));
       if (r || ev.error) set.add(ev.datastore);
       this.noteError(key, ev.error, `heartbeat of ${ev.host} on ${ev.datastore}`);
+    } else if (ev.type === 'poweredoffSample') {
+      const before = this.poweredoff.get(ev.datastore) ?? [];
+      const added = ev.vms.filter((v) => !before.includes(v));
+      if (added.length > 0) {
+        this.log('warn', 'poweredoff.seen', `poweredoff/ on ${ev.datastore} lists ${added.join(', ')}`, { datastore: ev.datastore, vms: added });
+      }
+      this.poweredoff.set(ev.datastore, [...ev.vms]);
     } else if (ev.type === 'poweronSample') {
       const key = `poweron:${ev.host}@${ev.datastore}`;
       this.noteError(key, ev.error, `poweron file of ${ev.host} on ${ev.datastore}`);
@@ -60,6 +68,11 @@ export class StorageView {
       this.errors.delete(key);
       this.log('info', 'storage.repaired', `${what} is readable again`, { file: what });
     }
+  }
+
+  /** VMs listed in poweredoff/ on each datastore, as last read. */
+  poweredOff(): Map<string, string[]> {
+    return new Map(this.poweredoff);
   }
 
   host(host: HostId, now: number): HostStorage {

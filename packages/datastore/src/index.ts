@@ -5,3 +5,5 @@ export * from './atomic.js';
 export * from './records.js';
 export * from './lease.js';
 export * from './keeper.js';
+export * from './poweredoff.js';
+export * from './vm-lease.js';

@@ -110,18 +110,20 @@ export class Lab {
     }
   }
 
-  /** Start the agent of `host` in the background (no-op if it runs). Returns its pid. */
-  async start(host: string): Promise<number> {
+  /**
+   * Start the agent of `host` in the background (no-op if it runs). Returns its pid.
+   * `prefix`: a command the agent runs under, which must exec it (e.g. `faketime -f +5m`,
+   * `unshare -m --propagation private`), so the returned pid is the agent's own.
+   */
+  async start(host: string, opts: { prefix?: string[]; env?: Record<string, string> } = {}): Promise<number> {
     const s = await this.requireState();
     if (!s.hosts.includes(host)) throw new Error(`unknown lab host ${host} (hosts: ${s.hosts.join(', ')})`);
     const running = s.pids[host];
     if (running && this.alive(running)) return running;
     const out = openSync(this.paths.log(host), 'a');
-    const child = spawn(
-      process.execPath,
-      [VIGIL_BIN, 'agent', '--config', this.paths.config, '--host', host, '--state-dir', this.paths.hostDir(host), '--socket', this.paths.socket(host)],
-      { detached: true, stdio: ['ignore', out, out] },
-    );
+    const argv = [process.execPath, VIGIL_BIN, 'agent', '--config', this.paths.config, '--host', host, '--state-dir', this.paths.hostDir(host), '--socket', this.paths.socket(host)];
+    const [cmd, ...args] = [...(opts.prefix ?? []), ...argv];
+    const child = spawn(cmd!, args, { detached: true, stdio: ['ignore', out, out], env: { ...process.env, ...(opts.env ?? {}) } });
     closeSync(out);
     child.unref();
     const pid = child.pid;
