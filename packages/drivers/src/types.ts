@@ -1,0 +1,77 @@
+/**
+ * The hypervisor driver interface (SPEC §4.3): the agent never calls a hypervisor directly.
+ * A libvirt driver implements the same interface as the process driver.
+ */
+export type RestartPriority = 'disabled' | 'lowest' | 'low' | 'medium' | 'high' | 'highest';
+export const RESTART_PRIORITIES: readonly RestartPriority[] = ['disabled', 'lowest', 'low', 'medium', 'high', 'highest'];
+export type IsolationResponseSetting = 'leavePoweredOn' | 'powerOff' | 'shutdown';
+
+/** What every driver knows of a VM, read from its config file on a datastore. */
+export interface VmSpec {
+  /** `datastore:relative/path` of the config file. */
+  id: string;
+  name: string;
+  datastore: string;
+  /** Absolute path of the config file on this host. */
+  path: string;
+  memoryMB: number;
+  cpus: number;
+  restartPriority: RestartPriority;
+  isolationResponse?: IsolationResponseSetting;
+}
+
+export type PowerState = 'on' | 'off';
+
+export interface VmRuntime {
+  id: string;
+  power: PowerState;
+  /** Pid of the process that keeps the VM's lease (supervisor), if any. */
+  supervisorPid?: number;
+  /** Pid of the VM itself. */
+  pid?: number;
+}
+
+export type StopReason =
+  /** The VM process exited on its own (crash or guest shutdown). */
+  | 'exited'
+  /** Killed by a signal nobody in Vigil sent. */
+  | 'killed'
+  /** Its lease could not be renewed before the self-fence deadline: killed by its supervisor. */
+  | 'fenced'
+  /** Stopped through the driver (power off / shutdown). */
+  | 'requested'
+  /** The lease was held elsewhere: never started. */
+  | 'leaseHeld'
+  /** Could not be started (bad command, supervisor failure). */
+  | 'failed';
+
+export interface DriverEvent {
+  type: 'stopped';
+  vm: string;
+  reason: StopReason;
+  detail: string;
+}
+
+export interface HostCapacity {
+  memoryMB: number;
+  cpus: number;
+}
+
+export interface Driver {
+  readonly type: string;
+  /** Read and validate a VM config file. Throws a clear error on a bad file. */
+  loadSpec(vmId: string, path: string): Promise<VmSpec>;
+  /** Power on: acquires the VM's lease first; resolves once the VM runs (rejects if the lease is held). */
+  powerOn(spec: VmSpec): Promise<void>;
+  /** Hard power off. */
+  powerOff(vmId: string): Promise<void>;
+  /** Graceful shutdown; forced off after `timeoutMs`. */
+  shutdown(vmId: string, timeoutMs: number): Promise<void>;
+  /** VMs this host runs, including ones adopted after an agent restart. */
+  list(): VmRuntime[];
+  /** Unexpected (and requested) stops. */
+  onEvent(handler: (ev: DriverEvent) => void): void;
+  capacity(): HostCapacity;
+  /** Stop watching (the VMs keep running). */
+  close(): Promise<void>;
+}
