@@ -22,6 +22,9 @@ import { monotonicClock, type Clock } from './clock.js';
 import { UdpTransport, type Datagram, type Transport } from './transport.js';
 import { ControlServer, type ControlRequest } from './control-server.js';
 import { StorageRuntime } from './storage.js';
+import { VmRuntime } from './vm-runtime.js';
+import { RpcServer, rpcCall } from './rpc.js';
+import { pingFor } from './ping.js';
 
 export interface AgentOptions {
   config: ClusterConfig;
@@ -78,6 +81,13 @@ export class Agent {
   private readonly dropLog = new RateLimitedCounter<string>(10_000);
   private readonly prober: DatastoreProber;
   private readonly storage: StorageRuntime;
+  private vm: VmRuntime | null = null;
+  private rpc: RpcServer | null = null;
+  private readonly pendingReplies = new Map<number, { resolve: (v: string) => void; reject: (e: Error) => void }>();
+  private nextReq = 1;
+  private masterScanning = false;
+  private inventoryReported = false;
+  private pingWarned = false;
   private readonly addressToHost = new Map<string, HostId>();
   private transport: Transport | null;
   private control: ControlServer | null = null;
@@ -101,7 +111,7 @@ export class Agent {
     if (!me) throw new Error(`host ${this.host} is not in the cluster config (hosts: ${Object.keys(this.config.hosts).join(', ')})`);
     this.key = deriveKey(opts.secret, this.config.cluster);
     for (const [id, h] of Object.entries(this.config.hosts)) this.addressToHost.set(`${h.address}|${h.port}`, id);
-    this.core = new HostCore({ self: this.host, hosts: Object.keys(this.config.hosts), timing: this.config.timing });
+    this.core = this.makeCore(0, { memoryMB: 0, cpus: 0 });
     this.storage = new StorageRuntime({ config: this.config, host: this.host, logger: this.logger, clock: this.clock, feed: (ev) => this.feed(ev) });
     const mounted = Object.fromEntries(me.datastores.map((d) => [d, this.config.datastores[d]!]));
     this.prober = new DatastoreProber({
@@ -122,13 +132,9 @@ export class Agent {
     await this.writeState({ incarnation, generation: this.generation });
     this.persistedIncarnation = incarnation;
     this.sequence = new SendSequence(incarnation);
+    this.vm = new VmRuntime({ config: this.config, host: this.host, stateDir: this.opts.stateDir, logger: this.logger, clock: this.clock, feed: (ev) => this.feed(ev) });
     // The core must not reuse an older generation after a restart.
-    this.core = new HostCore({
-      self: this.host,
-      hosts: Object.keys(this.config.hosts),
-      timing: this.config.timing,
-      generation: this.generation,
-    });
+    this.core = this.makeCore(this.generation, this.vm.capacity());
 
     if (!this.transport) {
       this.transport = await UdpTransport.bind(me.address, me.port, (err) => this.onSocketError(err));
@@ -136,6 +142,8 @@ export class Agent {
     this.transport.onDatagram((d) => this.onDatagram(d));
     this.control = new ControlServer(this.opts.socketPath, (req) => this.onControl(req));
     await this.control.listen();
+    this.rpc = new RpcServer(this.key, (body) => this.onRpc(body), (from, why) => this.drop('rpcRejected', { data: Buffer.alloc(0), address: from, port: 0 }, why, this.clock.now()));
+    await this.rpc.listen(me.address, me.port);
 
     this.logger.log('info', 'agent.started', `agent started on ${me.address}:${me.port}`, {
       address: me.address,
@@ -154,6 +162,10 @@ export class Agent {
     this.timers.push(setInterval(() => void this.probe(), t.datastoreProbeIntervalMs));
     this.timers.push(setInterval(() => this.flushDropLog(), 10_000));
     this.storage.start();
+    this.vm.start();
+    const sampleMs = Math.max(50, Math.floor(t.storageHeartbeatIntervalMs / 2));
+    this.timers.push(setInterval(() => void this.masterSample(), sampleMs));
+    this.timers.push(setInterval(() => void this.masterScan(), t.rescanIntervalMs));
     await this.probe();
   }
 
@@ -165,6 +177,10 @@ export class Agent {
     this.logger.log('info', 'agent.stopping', `agent stopping: ${reason}`, { reason, role: this.role });
     this.feed({ type: 'shutdown', now: this.clock.now() });
     await this.storage.stop();
+    await this.vm?.stop();
+    await this.rpc?.close();
+    for (const p of this.pendingReplies.values()) p.reject(new Error('agent stopping'));
+    this.pendingReplies.clear();
     await this.control?.close();
     await this.transport?.close();
   }
@@ -215,13 +231,13 @@ export class Agent {
       datastores: v.datastores,
       storageHeartbeat: held.length > 0 ? 'alive' : heartbeatDatastoresFor(this.config, this.host).length === 0 ? 'unknown' : 'dead',
       isolated: this.role === 'isolated',
-      vms: 0,
+      vms: this.vm ? this.vm.driver.list().length : 0,
     };
   }
 
   // ---- inputs -------------------------------------------------------------------------------
 
-  private onControl(req: ControlRequest): unknown {
+  private async onControl(req: ControlRequest): Promise<unknown> {
     switch (req.cmd) {
       case 'status':
         return this.status();
@@ -229,8 +245,87 @@ export class Agent {
         const st = this.core.status();
         return { master: st.master, isMaster: st.role === 'master', hosts: this.hosts() };
       }
+      case 'vm':
+        if (req.op === 'create' && this.config.hosts[this.host]!.datastores.includes(String(req.datastore))) {
+          const id = await this.vm!.create(req);
+          if (this.role === 'master') void this.masterScan();
+          return { message: `created ${id}`, id };
+        }
+        return this.toMaster(req);
+      case 'vms':
+        return this.toMaster(req);
       default:
         throw new Error(`unknown command "${req.cmd}"`);
+    }
+  }
+
+  /** Handle on the master, or forward to it over an authenticated TCP request. */
+  private async toMaster(req: Record<string, unknown>): Promise<unknown> {
+    const st = this.core.status();
+    if (st.role === 'master') return this.onMasterRequest(req);
+    if (!st.master) throw new Error(`no master yet (this host is ${st.role}); retry in a few seconds`);
+    const m = this.config.hosts[st.master]!;
+    return rpcCall(this.key, m.address, m.port, req, 60_000);
+  }
+
+  private async onRpc(body: Record<string, unknown>): Promise<unknown> {
+    if (this.core.status().role !== 'master') throw new Error(`${this.host} is not the master (master: ${this.core.status().master ?? 'none'})`);
+    return this.onMasterRequest(body);
+  }
+
+  private async onMasterRequest(req: Record<string, unknown>): Promise<unknown> {
+    if (req.cmd === 'vms') return { master: this.host, vms: this.core.vmsView() };
+    if (req.cmd !== 'vm') throw new Error(`unknown request "${String(req.cmd)}"`);
+    const vm = typeof req.vm === 'string' ? req.vm : '';
+    switch (req.op) {
+      case 'create': {
+        const id = await this.vm!.create(req);
+        void this.masterScan();
+        return { message: `created ${id}`, id };
+      }
+      case 'set': {
+        const target = this.core.vmsView().find((v) => v.id === vm || v.name === vm);
+        if (!target) throw new Error(`no VM named ${vm}`);
+        await this.vm!.setPriority(target.id, String(req.priority));
+        await this.masterScan();
+        return { message: `${target.id}: restart priority ${String(req.priority)}` };
+      }
+      case 'start':
+      case 'stop':
+      case 'protect':
+      case 'unprotect': {
+        const req2 = this.nextReq++;
+        const done = new Promise<string>((resolve, reject) => this.pendingReplies.set(req2, { resolve, reject }));
+        const cmd = req.op === 'start' && typeof req.host === 'string' ? { op: 'start' as const, vm, host: req.host } : { op: req.op, vm };
+        this.feed({ type: 'command', now: this.clock.now(), req: req2, cmd: cmd as never });
+        return { message: await done };
+      }
+      default:
+        throw new Error(`unknown vm operation "${String(req.op)}"`);
+    }
+  }
+
+  /** Master: sample the VM leases the core watches. */
+  private async masterSample(): Promise<void> {
+    if (this.role !== 'master' || !this.vm) return;
+    const vms = this.core.leasesToWatch();
+    if (vms.length > 0) await this.vm.sampleLeases(vms);
+  }
+
+  /** Master: read the VM catalog and every host's files, then tell the core the inventory is known. */
+  private async masterScan(): Promise<void> {
+    if (this.role !== 'master' || !this.vm || this.masterScanning) return;
+    this.masterScanning = true;
+    try {
+      const accessible = this.core.status().datastores;
+      for (const ds of accessible) await this.vm.scanCatalog(ds);
+      await this.storage.rescanAll();
+      if (!this.inventoryReported && this.role === 'master') {
+        this.inventoryReported = true;
+        this.feed({ type: 'inventoryScanned', now: this.clock.now() });
+      }
+    } finally {
+      this.masterScanning = false;
     }
   }
 
@@ -317,7 +412,19 @@ export class Agent {
 
   private perform(a: CoreAction): void {
     if (this.storage.perform(a)) return;
+    if (this.vm?.perform(a)) return;
     switch (a.type) {
+      case 'reply': {
+        const p = this.pendingReplies.get(a.req);
+        if (!p) return;
+        this.pendingReplies.delete(a.req);
+        if (a.ok) p.resolve(a.message);
+        else p.reject(new Error(a.message));
+        return;
+      }
+      case 'ping':
+        void this.ping(a.host, a.address, a.timeoutMs);
+        return;
       case 'send':
         this.send(a.to, a.msg);
         return;
@@ -325,6 +432,10 @@ export class Agent {
         this.logger.log(a.level, a.event, a.message, a.fields);
         return;
       case 'role':
+        if (a.role === 'master' && this.role !== 'master') {
+          this.inventoryReported = false;
+          setTimeout(() => void this.masterScan(), 0);
+        }
         this.role = a.role;
         this.storage.setRole(a.role);
         if (a.generation > this.generation) {
@@ -333,6 +444,33 @@ export class Agent {
         }
         return;
     }
+  }
+
+  private async ping(host: HostId, address: string, timeoutMs: number): Promise<void> {
+    let replied = false;
+    if (this.config.pingHosts) {
+      const r = await pingFor(address, timeoutMs);
+      if (r === 'unavailable' && !this.pingWarned) {
+        this.pingWarned = true;
+        this.logger.log('error', 'ping.unavailable', 'the ping command is missing (install iputils-ping): silent hosts are judged without it', {});
+      }
+      replied = r === 'replied';
+    }
+    this.feed({ type: 'pingResult', now: this.clock.now(), host, replied });
+  }
+
+  private makeCore(generation: number, capacity: { memoryMB: number; cpus: number }): HostCore {
+    return new HostCore({
+      self: this.host,
+      hosts: Object.fromEntries(
+        Object.entries(this.config.hosts).map(([id, h]) => [id, { address: h.address, datastores: h.datastores, heartbeatDatastores: heartbeatDatastoresFor(this.config, id) }]),
+      ),
+      timing: this.config.timing,
+      generation,
+      capacity,
+      maxConcurrentPerHost: this.config.restart.maxConcurrentPerHost,
+      maxAttempts: this.config.restart.maxAttempts,
+    });
   }
 
   private send(to: HostId, msg: Message): void {

@@ -3,3 +3,4 @@ export * from './logger.js';
 export * from './clock.js';
 export * from './transport.js';
 export * from './control-server.js';
+export * from './rpc.js';

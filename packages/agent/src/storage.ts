@@ -17,9 +17,11 @@ import {
   formatProtectedList,
   listPoweredOff,
   poweredoffDir,
+  removePoweredOff,
   LeaseError,
   LeaseFile,
   LeaseKeeper,
+  isVmId,
   parsePoweron,
   parseProtectedList,
   withTimeout,
@@ -141,6 +143,19 @@ export class StorageRuntime {
       case 'writeProtectedlist':
         void this.writeProtectedlist(a.datastore, a.vms);
         return true;
+      case 'removePoweredOff': {
+        const ds = a.vm.slice(0, a.vm.indexOf(':'));
+        const base = this.config.datastores[ds];
+        if (base) {
+          void removePoweredOff(poweredoffDir(base, this.config.cluster), a.vm, this.config.timing.storageCallTimeoutMs).catch((err) =>
+            this.noteError(`poweredoff-rm:${a.vm}`, `cannot remove poweredoff/ entry of ${a.vm}: ${describeError(err)}`),
+          );
+        }
+        return true;
+      }
+      case 'writeRestartQueue':
+        void this.writeRestartQueue(a.datastore, a.entries);
+        return true;
       case 'writePoweron':
         this.poweron = formatPoweron({ isolated: a.isolated, vms: a.vms });
         void this.writePoweron();
@@ -171,6 +186,7 @@ export class StorageRuntime {
       }
       if (error) this.logger.log('error', 'storage.corrupt', `cannot use ${file}: ${error}; it will be rewritten`, { file, datastore: ds });
       this.opts.feed({ type: 'protectedlistAcquired', now: this.clock.now(), datastore: ds, generation: h.generation, vms, ...(error ? { error } : {}) });
+      await this.readRestartQueue(ds);
     } catch (err) {
       const msg = err instanceof LeaseError ? err.message : describeError(err);
       this.opts.feed({ type: 'protectedlistAcquireFailed', now: this.clock.now(), datastore: ds, error: msg });
@@ -195,9 +211,38 @@ export class StorageRuntime {
     const file = join(this.dir(ds), 'protectedlist');
     try {
       await writeFileAtomic(file, formatProtectedList({ owner: this.host, generation: held.generation, vms }), this.config.timing.storageCallTimeoutMs);
+      this.opts.feed({ type: 'protectedlistWritten', now: this.clock.now(), datastore: ds, vms });
     } catch (err) {
       this.logger.log('error', 'storage.write-failed', `could not write ${file}: ${describeError(err)}`, { file, datastore: ds });
+      this.opts.feed({ type: 'protectedlistWritten', now: this.clock.now(), datastore: ds, vms, error: describeError(err) });
     }
+  }
+
+  /** The restart state, persisted so that a new master continues it (`restartqueue`). */
+  private async writeRestartQueue(ds: string, entries: { vm: string; attempts: number; failed: boolean }[]): Promise<void> {
+    if (!this.plLeases.get(ds)?.held || !this.keeper.valid(plKey(ds))) return;
+    const file = join(this.dir(ds), 'restartqueue');
+    const text = ['# vigil restart queue: vm attempts failed', ...entries.map((e) => `${e.vm} ${e.attempts} ${e.failed ? 1 : 0}`)].join('\n') + '\n';
+    await writeFileAtomic(file, text, this.config.timing.storageCallTimeoutMs).catch((err) =>
+      this.noteError(`queue:${ds}`, `could not write ${file}: ${describeError(err)}`),
+    );
+  }
+
+  private async readRestartQueue(ds: string): Promise<void> {
+    const file = join(this.dir(ds), 'restartqueue');
+    const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8')).catch(() => null);
+    if (text === null) return;
+    const entries: { vm: string; attempts: number; failed: boolean }[] = [];
+    for (const line of text.split('\n')) {
+      const m = /^(\S+) ([0-9]{1,3}) ([01])$/.exec(line);
+      if (m && isVmId(m[1]!)) entries.push({ vm: m[1]!, attempts: Number(m[2]), failed: m[3] === '1' });
+    }
+    this.opts.feed({ type: 'restartQueue', now: this.clock.now(), datastore: ds, entries });
+  }
+
+  /** Read everything the master follows, now. */
+  async rescanAll(): Promise<void> {
+    await this.rescan();
   }
 
   // ---- own heartbeat and poweron ----------------------------------------------------------------

@@ -7,6 +7,8 @@ import { registerAgent } from './commands/agent.js';
 import { registerStatus } from './commands/status.js';
 import { registerConfig } from './commands/config.js';
 import { registerLab } from './commands/lab.js';
+import { registerVm } from './commands/vm.js';
+import { registerDatastore } from './commands/datastore.js';
 import { CliError, EXIT_FAILURE, EXIT_USAGE } from './errors.js';
 
 export function buildProgram(): Command {
@@ -18,7 +20,9 @@ export function buildProgram(): Command {
   registerAgent(program);
   registerStatus(program);
   registerConfig(program);
+  registerVm(program);
   registerLab(program);
+  registerDatastore(program);
   for (const c of program.commands) c.exitOverride();
   return program;
 }

@@ -90,7 +90,7 @@ export const TIMING_DOCS: Record<keyof Timing, FieldDoc> = {
     tradeOff: 'Shorter bounds the reaction time when events are lost, at the cost of reading every host\'s files each period.',
   },
   restartRetryDelaysMs: {
-    what: 'Waits before restart attempts 2..5, each counted from the previous failure (FDM: das.maxvmrestartcount = 5, at +2, +6, +14, +30 min).',
+    what: 'Waits before restart attempts 2..5, each counted from the previous failed attempt (FDM: das.maxvmrestartcount = 5 attempts at T0, +2, +6, +14, +30 min, i.e. waits of 2, 4, 8 and 16 min).',
     tradeOff: 'Shorter retries sooner; many quick retries on a broken VM waste capacity and fill logs.',
   },
   vmMonitorWindowMs: {
@@ -125,7 +125,7 @@ export const DEFAULT_TIMING: Readonly<Timing> = Object.freeze({
   isolationResponseDelayMs: 30 * S,
   isolationShutdownTimeoutMs: 300 * S,
   rescanIntervalMs: 30 * S,
-  restartRetryDelaysMs: [2 * MIN, 6 * MIN, 14 * MIN, 30 * MIN],
+  restartRetryDelaysMs: [2 * MIN, 4 * MIN, 8 * MIN, 16 * MIN],
   vmMonitorWindowMs: 24 * 60 * MIN,
   statsIntervalMs: 60 * S,
 });
@@ -150,7 +150,7 @@ export const FAST_TIMING: Readonly<Timing> = Object.freeze({
   isolationResponseDelayMs: 3000,
   isolationShutdownTimeoutMs: 30 * S,
   rescanIntervalMs: 3000,
-  restartRetryDelaysMs: [12 * S, 36 * S, 84 * S, 180 * S],
+  restartRetryDelaysMs: [12 * S, 24 * S, 48 * S, 96 * S],
   vmMonitorWindowMs: 60 * MIN,
   statsIntervalMs: 6 * S,
 });

@@ -46,6 +46,7 @@ export const configSchema = z.strictObject({
     .refine((d) => Object.keys(d).length <= 256, 'at most 256 datastores'),
   heartbeatDatastores: z.array(dsName).min(1).max(5, 'at most 5 heartbeat datastores (FDM range 2-5)').optional(),
   isolationAddresses: z.array(ipAddress).max(10, 'at most 10 isolation addresses').optional(),
+  pingHosts: z.boolean().default(true),
   isolationResponse: z.enum(ISOLATION_RESPONSES as [string, ...string[]]).default('leavePoweredOn'),
   driver: z
     .discriminatedUnion('type', [

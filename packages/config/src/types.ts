@@ -30,6 +30,11 @@ export interface ClusterConfig {
   /** Configured heartbeat datastores, or null to choose 2 automatically among those most hosts see. */
   heartbeatDatastores: string[] | null;
   isolationAddresses: string[];
+  /**
+   * Ping a silent host's management address before declaring it dead (FDM does). Only the
+   * loopback lab turns this off: 127.0.0.x always answers, whatever happened to the "host".
+   */
+  pingHosts: boolean;
   isolationResponse: IsolationResponse;
   driver: DriverConfig;
   profile: ProfileName;

@@ -147,6 +147,7 @@ export function validateConfig(input: unknown, source = 'config'): ClusterConfig
     datastores: { ...raw.datastores },
     heartbeatDatastores: raw.heartbeatDatastores ? [...raw.heartbeatDatastores] : null,
     isolationAddresses: raw.isolationAddresses ?? [],
+    pingHosts: raw.pingHosts,
     isolationResponse: raw.isolationResponse as IsolationResponse,
     driver: raw.driver,
     profile,

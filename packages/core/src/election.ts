@@ -27,6 +27,8 @@ export interface ElectionOptions {
   timing: Pick<Timing, 'electionWindowMs' | 'heartbeatIntervalMs' | 'hostTimeoutMs'>;
   /** Highest master generation this host has seen before (persisted by the runtime); default 0. */
   generation?: number;
+  /** Capacity this host offers to VMs, reported to the master in slave heartbeats. */
+  capacity?: { memoryMB: number; cpus: number };
 }
 
 interface Peer {
@@ -53,11 +55,13 @@ export class Election {
   readonly self: HostId;
   private readonly others: HostId[];
   private readonly timing: ElectionOptions['timing'];
+  private readonly capacity: { memoryMB: number; cpus: number };
   private role: Role = 'uninitialized';
   private master: HostId | null = null;
   private generation: number;
   private datastores: string[] = [];
   private readonly peers = new Map<HostId, Peer>();
+  private readonly capacities = new Map<HostId, { memoryMB: number; cpus: number }>();
   private electionStartedAt = 0;
   private electionOutcomeLogged: HostId | null = null;
   private masterLastHeard = 0;
@@ -70,6 +74,7 @@ export class Election {
     this.others = opts.hosts.filter((h) => h !== opts.self);
     this.timing = opts.timing;
     this.generation = opts.generation ?? 0;
+    this.capacity = opts.capacity ?? { memoryMB: 0, cpus: 0 };
     for (const h of this.others) {
       this.peers.set(h, { lastHeard: -Infinity, lastElection: -Infinity, lastSlaveHeartbeat: -Infinity, datastores: 0, lastRole: null });
     }
@@ -152,6 +157,7 @@ export class Election {
         peer.datastores = msg.datastores;
         peer.lastRole = 'slave';
         if (msg.master === this.self) peer.lastSlaveHeartbeat = this.now;
+        this.capacities.set(from, { memoryMB: msg.memoryMB, cpus: msg.cpus });
         break;
       case 'abdicate':
         if (this.role === 'slave' && this.master === from && msg.to !== this.self) {
@@ -230,7 +236,7 @@ export class Election {
         }
         if (due && this.master) {
           this.lastSent = this.now;
-          this.send(this.master, { type: 'slaveHeartbeat', datastores: this.datastores.length, master: this.master });
+          this.send(this.master, this.slaveHeartbeat(this.master));
         }
         return;
       }
@@ -308,7 +314,7 @@ export class Election {
     this.emitRole();
     if (announce) {
       this.lastSent = this.now;
-      this.send(master, { type: 'slaveHeartbeat', datastores: this.datastores.length, master });
+      this.send(master, this.slaveHeartbeat(master));
     }
   }
 
@@ -319,6 +325,15 @@ export class Election {
     const out: HostId[] = [];
     for (const [h, p] of this.peers) if (this.now - p.lastSlaveHeartbeat < this.timing.hostTimeoutMs) out.push(h);
     return out;
+  }
+
+  private slaveHeartbeat(master: HostId): Message {
+    return { type: 'slaveHeartbeat', datastores: this.datastores.length, master, memoryMB: this.capacity.memoryMB, cpus: this.capacity.cpus };
+  }
+
+  /** Capacity a slave last reported (memoryMB, cpus). */
+  peerCapacity(host: HostId): { memoryMB: number; cpus: number } | null {
+    return this.capacities.get(host) ?? null;
   }
 
   private masterHeartbeat(): Message {

@@ -4,7 +4,8 @@
  * `now` is the host's own monotonic clock in milliseconds; the core never reads a clock itself.
  */
 import type { HostId } from './ids.js';
-import type { Message } from './messages.js';
+import type { Message, VmStopReason } from './messages.js';
+import type { CatalogVm, VmCommand } from './vms.js';
 
 export type Role = 'uninitialized' | 'election' | 'master' | 'slave' | 'isolated';
 
@@ -30,6 +31,26 @@ export type CoreEvent =
   | { type: 'heartbeatLost'; now: number; datastore: string; reason: string }
   /** Master only: a read of host-N-hb on a datastore (the storage heartbeat). */
   | { type: 'heartbeatSample'; now: number; host: HostId; datastore: string; record: LeaseRecordView | null; error?: string }
+  /** The protectedlist of a datastore was written: `vms` is what is on disk now (error: the write failed). */
+  | { type: 'protectedlistWritten'; now: number; datastore: string; vms: string[]; error?: string }
+  /** This host's driver: the VMs running here now (every host). */
+  | { type: 'localVms'; now: number; vms: string[] }
+  /** This host's driver: a VM stopped here (reason as the driver tells it). */
+  | { type: 'localVmStopped'; now: number; vm: string; reason: VmStopReason; detail: string }
+  /** This host's driver finished a localPowerOn / localPowerOff. */
+  | { type: 'localVmResult'; now: number; vm: string; req: number; replyTo: HostId; ok: boolean; leaseHeld: boolean; error: string }
+  /** Master: VM configs found on a datastore. */
+  | { type: 'vmCatalog'; now: number; datastore: string; vms: CatalogVm[] }
+  /** Master: every host's poweron file and poweredoff/ have been read once since it became master. */
+  | { type: 'inventoryScanned'; now: number }
+  /** Master: a read of a VM's lease record. */
+  | { type: 'vmLeaseSample'; now: number; vm: string; record: LeaseRecordView | null; lockExists: boolean }
+  /** Master: restart state found on disk when it took a protectedlist. */
+  | { type: 'restartQueue'; now: number; datastore: string; entries: { vm: string; attempts: number; failed: boolean }[] }
+  /** Master: a VM operation from the CLI (any host forwards to the master). */
+  | { type: 'command'; now: number; req: number; cmd: VmCommand }
+  /** Outcome of a ping action: did the address answer at least once within the timeout. */
+  | { type: 'pingResult'; now: number; host: HostId; replied: boolean }
   /** Master only: the VM ids listed in a datastore's poweredoff/ directory. */
   | { type: 'poweredoffSample'; now: number; datastore: string; vms: string[] }
   /** Master only: a host's poweron file as read from a datastore (null: absent; error: corrupt). */
@@ -59,6 +80,21 @@ export type CoreAction =
    */
   | { type: 'acquireProtectedlist'; datastore: string; takeover: LeaseRecordView | 'orphan' | null }
   | { type: 'releaseProtectedlist'; datastore: string }
+  /** Power a VM on on this host (the driver acquires its lease first); report a localVmResult. */
+  | { type: 'localPowerOn'; vm: string; req: number; replyTo: HostId; takeover: string }
+  | { type: 'localPowerOff'; vm: string; req: number; replyTo: HostId; graceful: boolean; timeoutMs: number }
+  /** VmManager -> HostCore (translated into local actions or messages; never reach the runtime). */
+  | { type: 'vmPowerOn'; host: HostId; vm: string; req: number; takeover: string }
+  | { type: 'vmPowerOff'; host: HostId; vm: string; req: number; graceful: boolean; timeoutMs: number }
+  | { type: 'setProtection'; vm: string; protected: boolean }
+  /** Answer a CLI command. */
+  | { type: 'reply'; req: number; ok: boolean; message: string }
+  /** The master removes a poweredoff/ entry once the VM runs again. */
+  | { type: 'removePoweredOff'; vm: string }
+  /** The master persists its restart state on a datastore it owns. */
+  | { type: 'writeRestartQueue'; datastore: string; entries: { vm: string; attempts: number; failed: boolean }[] }
+  /** Ping `address` for up to `timeoutMs`, then report a pingResult. */
+  | { type: 'ping'; host: HostId; address: string; timeoutMs: number }
   /** This host's poweron content (isolation bit, powered-on VMs): the runtime keeps every heartbeat datastore's copy equal to it. */
   | { type: 'writePoweron'; isolated: boolean; vms: string[] }
   /** Rewrite the protectedlist of a datastore this master holds (the runtime refuses if not held). */

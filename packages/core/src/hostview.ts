@@ -11,7 +11,12 @@ export type HostState =
   | 'connected'
   | 'election'
   | 'unreachable'
-  | 'unknown';
+  | 'unknown'
+  /** Master's classification of a silent host (SPEC §3.2). */
+  | 'dead'
+  | 'isolated'
+  | 'partitioned'
+  | 'agentUnreachable';
 
 export interface HostView {
   host: HostId;

@@ -9,3 +9,5 @@ export * from './host-core.js';
 export * from './liveness.js';
 export * from './ownership.js';
 export * from './storage-view.js';
+export * from './failure.js';
+export * from './vms.js';

@@ -6,6 +6,7 @@
  */
 import type { HostId } from './ids.js';
 
+
 /** Sent by a host in the election state to every configured host, every heartbeat interval. */
 export interface ElectionMsg {
   type: 'election';
@@ -27,6 +28,9 @@ export interface SlaveHeartbeatMsg {
   datastores: number;
   /** The master this slave follows (so a master can tell its own slaves from another's). */
   master: HostId;
+  /** Capacity this host offers to VMs (for placement). */
+  memoryMB: number;
+  cpus: number;
 }
 
 /** Sent by a master that lost to another master, to its slaves: follow `to` from now on. */
@@ -35,7 +39,65 @@ export interface AbdicateMsg {
   to: HostId;
 }
 
-export type Message = ElectionMsg | MasterHeartbeatMsg | SlaveHeartbeatMsg | AbdicateMsg;
+/** Master -> host: power this VM on (the host acquires its lease first). */
+export interface PowerOnMsg {
+  type: 'powerOn';
+  vm: string;
+  req: number;
+  /**
+   * The VM lease record the master judged dead, `host:generation:token:counter`, or `orphan`
+   * (a lock seen without a record), or '' when the lease is free. The host takes the lease
+   * over only if the record is still exactly this one.
+   */
+  takeover: string;
+}
+
+/** Encode a lease record for PowerOnMsg.takeover. */
+export const TAKEOVER_PATTERN = /^(|orphan|host-[0-9]{1,9}:[0-9]{1,15}:[0-9a-f]{8,64}:[0-9]{1,15})$/;
+
+/** Master -> host: stop this VM (graceful: shutdown forced off after timeoutMs; else hard off). */
+export interface PowerOffMsg {
+  type: 'powerOff';
+  vm: string;
+  req: number;
+  graceful: boolean;
+  timeoutMs: number;
+}
+
+/** Host -> master: outcome of a powerOn / powerOff request. */
+export interface VmResultMsg {
+  type: 'vmResult';
+  vm: string;
+  req: number;
+  ok: boolean;
+  /** The VM's lease was held elsewhere (not a failed attempt: wait). */
+  leaseHeld: boolean;
+  /** At most 160 bytes. */
+  error: string;
+}
+
+export type VmStopReason = 'exited' | 'killed' | 'fenced' | 'requested' | 'leaseHeld' | 'failed';
+export const VM_STOP_REASONS: readonly VmStopReason[] = ['exited', 'killed', 'fenced', 'requested', 'leaseHeld', 'failed'];
+
+/** Host -> master: a VM stopped on this host (VM monitoring). */
+export interface VmStoppedMsg {
+  type: 'vmStopped';
+  vm: string;
+  reason: VmStopReason;
+}
+
+export type Message = ElectionMsg | MasterHeartbeatMsg | SlaveHeartbeatMsg | AbdicateMsg | PowerOnMsg | PowerOffMsg | VmResultMsg | VmStoppedMsg;
 export type MessageType = Message['type'];
 
-export const MESSAGE_TYPES: readonly MessageType[] = ['election', 'masterHeartbeat', 'slaveHeartbeat', 'abdicate'];
+/** Wire type codes are the 1-based position in this list: append only. */
+export const MESSAGE_TYPES: readonly MessageType[] = ['election', 'masterHeartbeat', 'slaveHeartbeat', 'abdicate', 'powerOn', 'powerOff', 'vmResult', 'vmStopped'];
+
+/** Longest error text a vmResult carries, in UTF-8 bytes. */
+export const MAX_ERROR_BYTES = 160;
+
+/** Cut an error text to MAX_ERROR_BYTES without splitting a character. */
+export function clipError(text: string): string {
+  let out = text;
+  while (Buffer.byteLength(out, 'utf8') > MAX_ERROR_BYTES) out = out.slice(0, -1);
+  return out;
+}

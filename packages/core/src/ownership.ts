@@ -13,7 +13,7 @@ import { ChangeTracker } from './liveness.js';
 type DsState =
   | { kind: 'free' }
   | { kind: 'acquiring'; since: number }
-  | { kind: 'held'; generation: number; vms: Set<string>; written: string | null }
+  | { kind: 'held'; generation: number; vms: Set<string>; written: string | null; committed: string[] }
   | { kind: 'releasing' };
 
 export interface OwnershipOptions {
@@ -53,10 +53,10 @@ export class Ownership {
     return [...this.ds].filter(([, s]) => s.kind === 'held').map(([d]) => d).sort();
   }
 
-  /** Protected VMs known from the protectedlists this host holds. */
+  /** Protected VMs: what is committed on disk in the protectedlists this host holds. */
   protectedVms(): Map<string, string[]> {
     const m = new Map<string, string[]>();
-    for (const [d, s] of this.ds) if (s.kind === 'held') m.set(d, [...s.vms].sort());
+    for (const [d, s] of this.ds) if (s.kind === 'held') m.set(d, [...s.committed]);
     return m;
   }
 
@@ -109,7 +109,7 @@ export class Ownership {
       }
       case 'protectedlistAcquired': {
         const vms = new Set(ev.vms ?? []);
-        this.ds.set(ev.datastore, { kind: 'held', generation: ev.generation, vms, written: null });
+        this.ds.set(ev.datastore, { kind: 'held', generation: ev.generation, vms, written: null, committed: [...vms].sort() });
         this.waitingLogged.delete(ev.datastore);
         this.log('info', 'ownership.acquired', `took the protectedlist of ${ev.datastore} (generation ${ev.generation}); ${vms.size} protected VMs on it`, {
           datastore: ev.datastore,
@@ -125,6 +125,12 @@ export class Ownership {
           // unreadable list must be whole again.
           this.flush(ev.datastore);
         }
+        break;
+      }
+      case 'protectedlistWritten': {
+        const s = this.ds.get(ev.datastore);
+        if (s?.kind === 'held' && !ev.error) s.committed = [...ev.vms].sort();
+        if (s?.kind === 'held' && ev.error) s.written = null; // retry at the next change or repair
         break;
       }
       case 'protectedlistDamaged': {

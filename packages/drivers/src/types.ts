@@ -61,8 +61,12 @@ export interface Driver {
   readonly type: string;
   /** Read and validate a VM config file. Throws a clear error on a bad file. */
   loadSpec(vmId: string, path: string): Promise<VmSpec>;
-  /** Power on: acquires the VM's lease first; resolves once the VM runs (rejects if the lease is held). */
-  powerOn(spec: VmSpec): Promise<void>;
+  /**
+   * Power on: acquires the VM's lease first; resolves once the VM runs (rejects with code
+   * ELEASEHELD if the lease is held). `takeover`: the lease record the master judged dead
+   * (`host:generation:token:counter` or `orphan`), taken over only if it is still exactly that.
+   */
+  powerOn(spec: VmSpec, takeover?: string): Promise<void>;
   /** Hard power off. */
   powerOff(vmId: string): Promise<void>;
   /** Graceful shutdown; forced off after `timeoutMs`. */

@@ -2,7 +2,7 @@
  * JSON payload of each message type: the message minus its `type` (which travels in the header).
  * Validation is strict: exactly the documented fields, each of the right type and range.
  */
-import { isHostId } from '@vigil/core';
+import { isHostId, isVmId, MAX_ERROR_BYTES, TAKEOVER_PATTERN, VM_STOP_REASONS } from '@vigil/core';
 import type { Message, MessageType } from '@vigil/core';
 
 /** Largest datastore count a message may carry. */
@@ -18,12 +18,25 @@ function isGeneration(value: unknown): boolean {
   return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 }
 
+function isCount(max: number): FieldCheck {
+  return (value) => typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= max;
+}
+
+const isReq: FieldCheck = (value) => typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+const isBool: FieldCheck = (value) => typeof value === 'boolean';
+const isErrorText: FieldCheck = (value) => typeof value === 'string' && Buffer.byteLength(value, 'utf8') <= MAX_ERROR_BYTES;
+const isStopReason: FieldCheck = (value) => typeof value === 'string' && (VM_STOP_REASONS as readonly string[]).includes(value);
+
 /** Field name -> check, per message type. Key order is the order fields are written on the wire. */
 const FIELDS: Readonly<Record<MessageType, Readonly<Record<string, FieldCheck>>>> = {
   election: { datastores: isDatastoreCount },
   masterHeartbeat: { datastores: isDatastoreCount, generation: isGeneration },
-  slaveHeartbeat: { datastores: isDatastoreCount, master: isHostId },
+  slaveHeartbeat: { datastores: isDatastoreCount, master: isHostId, memoryMB: isCount(2 ** 31), cpus: isCount(1_000_000) },
   abdicate: { to: isHostId },
+  powerOn: { vm: isVmId, req: isReq, takeover: (v) => typeof v === 'string' && TAKEOVER_PATTERN.test(v) },
+  powerOff: { vm: isVmId, req: isReq, graceful: isBool, timeoutMs: isCount(24 * 3600 * 1000) },
+  vmResult: { vm: isVmId, req: isReq, ok: isBool, leaseHeld: isBool, error: isErrorText },
+  vmStopped: { vm: isVmId, reason: isStopReason },
 };
 
 export type PayloadResult = { ok: true; msg: Message } | { ok: false; detail: string };

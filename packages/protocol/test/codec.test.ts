@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { MESSAGE_TYPES } from '@vigil/core';
+import { clipError, MESSAGE_TYPES } from '@vigil/core';
 import type { Message } from '@vigil/core';
 import {
   MAX_DATAGRAM_BYTES,
@@ -45,7 +45,7 @@ describe('encode/decode round trip', () => {
   });
 
   it('writes the documented byte layout', () => {
-    const buf = encode(env({ type: 'slaveHeartbeat', datastores: 5, master: 'host-3' }), KEY);
+    const buf = encode(env({ type: 'slaveHeartbeat', datastores: 5, master: 'host-3', memoryMB: 2048, cpus: 4 }), KEY);
     expect(buf.subarray(0, 3).toString('ascii')).toBe('VGL');
     expect(buf[3]).toBe(1);
     expect(buf[4]).toBe(3); // slaveHeartbeat is MESSAGE_TYPES[2]
@@ -61,15 +61,15 @@ describe('encode/decode round trip', () => {
     expect(buf.readUInt32BE(o + 8)).toBe(99);
     const len = buf.readUInt16BE(o + 12);
     o += 14;
-    expect(JSON.parse(buf.subarray(o, o + len).toString())).toEqual({ datastores: 5, master: 'host-3' });
+    expect(JSON.parse(buf.subarray(o, o + len).toString())).toEqual({ datastores: 5, master: 'host-3', memoryMB: 2048, cpus: 4 });
     expect(buf.length).toBe(o + len + 32);
     // The independent builder produces the same bytes.
-    const raw = buildRaw({ type: 3, incarnation: 1_700_000_000_123n, seq: 99, payload: '{"datastores":5,"master":"host-3"}' });
+    const raw = buildRaw({ type: 3, incarnation: 1_700_000_000_123n, seq: 99, payload: '{"datastores":5,"master":"host-3","memoryMB":2048,"cpus":4}' });
     expect(raw.equals(buf)).toBe(true);
   });
 
   it('numbers message types 1-based in MESSAGE_TYPES order', () => {
-    expect(MESSAGE_TYPES.map((t) => typeCode(t))).toEqual([1, 2, 3, 4]);
+    expect(MESSAGE_TYPES.map((t) => typeCode(t))).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
   });
 
   it('does not put the type field or unknown fields into the payload', () => {
@@ -85,19 +85,25 @@ describe('encode/decode round trip', () => {
 describe('size budget', () => {
   const maxCluster = 'c'.repeat(64);
   const maxHost = 'host-999999999';
+  // The longest VM id: a 64-character datastore name and a 512-character path.
+  const maxVm = `${'d'.repeat(64)}:${'p'.repeat(512)}`;
   const maxKey = deriveKey(SECRET, maxCluster);
   const largest: Message[] = [
     { type: 'election', datastores: 10000 },
     { type: 'masterHeartbeat', datastores: 10000, generation: Number.MAX_SAFE_INTEGER },
-    { type: 'slaveHeartbeat', datastores: 10000, master: maxHost },
+    { type: 'slaveHeartbeat', datastores: 10000, master: maxHost, memoryMB: 2 ** 31, cpus: 1_000_000 },
     { type: 'abdicate', to: maxHost },
+    { type: 'powerOn', vm: maxVm, req: Number.MAX_SAFE_INTEGER, takeover: `${maxHost}:999999999999999:${'f'.repeat(64)}:999999999999999` },
+    { type: 'powerOff', vm: maxVm, req: Number.MAX_SAFE_INTEGER, graceful: false, timeoutMs: 24 * 3600 * 1000 },
+    { type: 'vmResult', vm: maxVm, req: Number.MAX_SAFE_INTEGER, ok: false, leaseHeld: false, error: clipError('\u{1F4A5}'.repeat(200)) },
+    { type: 'vmStopped', vm: maxVm, reason: 'leaseHeld' },
   ];
   for (const msg of largest) {
     it(`largest ${msg.type} stays below ${MAX_DATAGRAM_BYTES} bytes`, () => {
       const e: Envelope = { cluster: maxCluster, sender: maxHost, incarnation: Number.MAX_SAFE_INTEGER, seq: 0xffffffff, msg };
       const buf = encode(e, maxKey);
       expect(buf.length).toBeLessThan(MAX_DATAGRAM_BYTES);
-      expect(buf.length).toBeLessThan(300);
+      if (!('vm' in msg)) expect(buf.length).toBeLessThan(300);
       expect(decode(buf, maxKey, maxCluster)).toEqual({ ok: true, env: e });
     });
   }
@@ -122,7 +128,10 @@ describe('encode refuses invalid envelopes', () => {
     ['seq too large', { ...good, seq: 2 ** 32 }],
     ['datastores too large', { ...good, msg: { type: 'election', datastores: 10001 } }],
     ['datastores fractional', { ...good, msg: { type: 'election', datastores: 1.5 } }],
-    ['bad master', { ...good, msg: { type: 'slaveHeartbeat', datastores: 1, master: 'x' } }],
+    ['bad master', { ...good, msg: { type: 'slaveHeartbeat', datastores: 1, master: 'x', memoryMB: 1, cpus: 1 } }],
+    ['path-escaping vm id', { ...good, msg: { type: 'powerOn', vm: 'ds1:../../etc/passwd', req: 1, takeover: '' } }],
+    ['bad takeover', { ...good, msg: { type: 'powerOn', vm: 'ds1:vms/a.json', req: 1, takeover: 'whatever' } }],
+    ['error text too long', { ...good, msg: { type: 'vmResult', vm: 'ds1:vms/a.json', req: 1, ok: false, leaseHeld: false, error: 'x'.repeat(161) } }],
     ['negative generation', { ...good, msg: { type: 'masterHeartbeat', datastores: 1, generation: -1 } }],
     ['unknown type', { ...good, msg: { type: 'nope', datastores: 1 } as unknown as Message }],
   ];
@@ -168,7 +177,7 @@ describe('decode drop reasons', () => {
     expect(reason(decode(buildRaw({ magic: Buffer.from('VGX') }), KEY, CLUSTER))).toBe('badMagic');
     expect(reason(decode(buildRaw({ version: 2 }), KEY, CLUSTER))).toBe('badVersion');
     expect(reason(decode(buildRaw({ type: 0 }), KEY, CLUSTER))).toBe('unknownType');
-    expect(reason(decode(buildRaw({ type: 5 }), KEY, CLUSTER))).toBe('unknownType');
+    expect(reason(decode(buildRaw({ type: 9 }), KEY, CLUSTER))).toBe('unknownType');
     expect(reason(decode(buildRaw({ flags: 1 }), KEY, CLUSTER))).toBe('malformed');
     expect(reason(decode(buildRaw({ sender: 'host-' }), KEY, CLUSTER))).toBe('badSender');
     expect(reason(decode(buildRaw({ sender: 'host-1234567890' }), KEY, CLUSTER))).toBe('badSender');
@@ -222,7 +231,10 @@ describe('forged payloads with a valid HMAC are malformed', () => {
     ['generation unsafe', 2, '{"datastores":1,"generation":9007199254740992}'],
     ['generation negative', 2, '{"datastores":1,"generation":-1}'],
     ['generation string', 2, '{"datastores":1,"generation":"1"}'],
-    ['master not a host id', 3, '{"datastores":1,"master":"host-x"}'],
+    ['master not a host id', 3, '{"datastores":1,"master":"host-x","memoryMB":1,"cpus":1}'],
+    ['slave heartbeat without capacity', 3, '{"datastores":1,"master":"host-1"}'],
+    ['vm id escaping its datastore', 5, '{"vm":"ds1:vms/../../x","req":1,"takeover":""}'],
+    ['stop reason unknown', 8, '{"vm":"ds1:vms/a.json","reason":"bored"}'],
     ['master a number', 3, '{"datastores":1,"master":7}'],
     ['to missing', 4, '{}'],
     ['to not a host id', 4, '{"to":"HOST-1"}'],
@@ -247,7 +259,8 @@ describe('forged payloads with a valid HMAC are malformed', () => {
 
   it('the same payloads well-formed are accepted (controls)', () => {
     expect(reason(decode(buildRaw({ type: 2, payload: '{"generation":3,"datastores":1}' }), KEY, CLUSTER))).toBe('ok');
-    expect(reason(decode(buildRaw({ type: 3, payload: '{"datastores":1,"master":"host-1"}' }), KEY, CLUSTER))).toBe('ok');
+    expect(reason(decode(buildRaw({ type: 3, payload: '{"datastores":1,"master":"host-1","cpus":2,"memoryMB":512}' }), KEY, CLUSTER))).toBe('ok');
+    expect(reason(decode(buildRaw({ type: 5, payload: '{"vm":"ds1:vms/a.json","req":3,"takeover":"orphan"}' }), KEY, CLUSTER))).toBe('ok');
     expect(reason(decode(buildRaw({ type: 4, payload: ' {"to":"host-1"} ' }), KEY, CLUSTER))).toBe('ok');
     expect(reason(decode(buildRaw({ type: 1, payload: '{"datastores":1e2}' }), KEY, CLUSTER))).toBe('ok');
   });

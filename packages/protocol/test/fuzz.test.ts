@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import type { Message } from '@vigil/core';
+import { clipError, VM_STOP_REASONS } from '@vigil/core';
 import { MAX_DATAGRAM_BYTES, decode, deriveKey, encode } from '../src/index.js';
 import type { DropReason, Envelope } from '../src/index.js';
 import { CLUSTER, KEY, SECRET, buildRaw } from './helpers.js';
@@ -8,14 +9,30 @@ import { CLUSTER, KEY, SECRET, buildRaw } from './helpers.js';
 const hostId = fc.integer({ min: 0, max: 999_999_999 }).map((n) => `host-${n}`);
 const clusterId = fc.stringMatching(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/);
 const datastores = fc.integer({ min: 0, max: 10_000 });
+const vmId = fc
+  .tuple(fc.stringMatching(/^[a-z][a-z0-9]{0,8}$/), fc.stringMatching(/^[a-z0-9][a-z0-9._-]{0,20}$/))
+  .map(([ds, name]) => `${ds}:vms/${name}.json`);
+const takeover = fc.oneof(
+  fc.constant(''),
+  fc.constant('orphan'),
+  fc.tuple(hostId, fc.integer({ min: 1, max: 1e9 }), fc.stringMatching(/^[0-9a-f]{16}$/), fc.nat()).map(([h, g, t, c]) => `${h}:${g}:${t}:${c}`),
+);
 
 const message: fc.Arbitrary<Message> = fc.oneof(
   datastores.map((d): Message => ({ type: 'election', datastores: d })),
   fc
     .tuple(datastores, fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }))
     .map(([d, g]): Message => ({ type: 'masterHeartbeat', datastores: d, generation: g })),
-  fc.tuple(datastores, hostId).map(([d, m]): Message => ({ type: 'slaveHeartbeat', datastores: d, master: m })),
+  fc
+    .tuple(datastores, hostId, fc.integer({ min: 0, max: 2 ** 31 }), fc.integer({ min: 0, max: 1_000_000 }))
+    .map(([d, m, mem, cpus]): Message => ({ type: 'slaveHeartbeat', datastores: d, master: m, memoryMB: mem, cpus })),
   hostId.map((t): Message => ({ type: 'abdicate', to: t })),
+  fc.tuple(vmId, fc.nat(), takeover).map(([vm, req, tk]): Message => ({ type: 'powerOn', vm, req, takeover: tk })),
+  fc.tuple(vmId, fc.nat(), fc.boolean(), fc.integer({ min: 0, max: 24 * 3600 * 1000 })).map(([vm, req, graceful, timeoutMs]): Message => ({ type: 'powerOff', vm, req, graceful, timeoutMs })),
+  fc
+    .tuple(vmId, fc.nat(), fc.boolean(), fc.boolean(), fc.string({ maxLength: 40 }))
+    .map(([vm, req, ok, leaseHeld, error]): Message => ({ type: 'vmResult', vm, req, ok, leaseHeld, error: clipError(error) })),
+  fc.tuple(vmId, fc.constantFrom(...VM_STOP_REASONS)).map(([vm, reason]): Message => ({ type: 'vmStopped', vm, reason })),
 );
 
 const envelope: fc.Arbitrary<Envelope> = fc.record({
@@ -125,7 +142,7 @@ describe('property: hostile input', () => {
 
   it('every single-bit flip of one datagram is detected', () => {
     const original = encode(
-      { cluster: CLUSTER, sender: 'host-42', incarnation: 1_700_000_000_000, seq: 17, msg: { type: 'slaveHeartbeat', datastores: 4, master: 'host-1' } },
+      { cluster: CLUSTER, sender: 'host-42', incarnation: 1_700_000_000_000, seq: 17, msg: { type: 'slaveHeartbeat', datastores: 4, master: 'host-1', memoryMB: 1024, cpus: 8 } },
       KEY,
     );
     const seen = new Set<string>();

@@ -4,7 +4,8 @@
  * Also the harness of the end-to-end tests.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +26,8 @@ export interface LabOptions {
   /** Timing overrides on top of the profile. */
   timing?: Record<string, number>;
   port?: number;
+  /** Capacity each lab host offers to VMs (default 16 GiB, 256 vCPUs). */
+  capacity?: { memoryMB: number; cpus: number };
 }
 
 export interface LabState {
@@ -60,9 +63,14 @@ export class Lab {
       await mkdir(datastores[d]!, { recursive: true });
     }
     const ids = Array.from({ length: opts.hosts }, (_, i) => `host-${i + 1}`);
-    const hosts: Record<string, { address: string; datastores?: string[] }> = {};
+    const hosts: Record<string, { address: string; datastores?: string[]; capacity: { memoryMB: number; cpus: number } }> = {};
     ids.forEach((id, i) => {
-      hosts[id] = { address: labAddress(i + 1), ...(opts.hostDatastores?.[id] ? { datastores: opts.hostDatastores[id] } : {}) };
+      hosts[id] = {
+        address: labAddress(i + 1),
+        ...(opts.hostDatastores?.[id] ? { datastores: opts.hostDatastores[id] } : {}),
+        // Every lab host offers the same, explicit capacity, so placement is predictable.
+        capacity: opts.capacity ?? { memoryMB: 16384, cpus: 256 },
+      };
     });
     await writeFile(this.paths.secret, randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
     const config = {
@@ -72,6 +80,8 @@ export class Lab {
       hosts,
       datastores,
       isolationAddresses: ['127.0.0.1'],
+      // On loopback every 127.0.0.x answers ping even when its "host" lost power.
+      pingHosts: false,
       timing: { profile: opts.profile ?? 'fast', ...(opts.timing ?? {}) },
       log: { level: 'info', format: 'json' },
     };
@@ -134,20 +144,31 @@ export class Lab {
     return pid;
   }
 
-  /** Power cut: SIGKILL the agent's whole process group at once. */
+  /** Process groups of the VM supervisors a lab host's agent started (they outlive the agent). */
+  private vmGroups(host: string): number[] {
+    const dir = join(this.paths.hostDir(host), 'vms');
+    if (!existsSync(dir)) return [];
+    const pids: number[] = [];
+    for (const n of readdirSync(dir)) {
+      if (!n.endsWith('.json')) continue;
+      try {
+        const st = JSON.parse(readFileSync(join(dir, n), 'utf8')) as { supervisorPid?: unknown };
+        if (typeof st.supervisorPid === 'number' && this.alive(st.supervisorPid)) pids.push(st.supervisorPid);
+      } catch {
+        /* being rewritten: skip */
+      }
+    }
+    return pids;
+  }
+
+  /** Power cut: the agent and every VM of the host (their supervisors' groups) die at once. */
   async kill(host: string): Promise<boolean> {
     const s = await this.requireState();
     if (!s.hosts.includes(host)) throw new Error(`unknown lab host ${host} (hosts: ${s.hosts.join(', ')})`);
     const pid = s.pids[host];
-    let killed = false;
-    if (pid && this.alive(pid)) {
-      try {
-        process.kill(-pid, 'SIGKILL');
-      } catch {
-        process.kill(pid, 'SIGKILL');
-      }
-      killed = true;
-    }
+    const groups = [...(pid && this.alive(pid) ? [pid] : []), ...this.vmGroups(host)];
+    for (const g of groups) this.signalGroup(g, 'SIGKILL');
+    const killed = groups.length > 0;
     delete s.pids[host];
     await rm(this.paths.pidFile(host), { force: true });
     await this.writeState(s);
@@ -161,6 +182,8 @@ export class Lab {
     if (s) {
       const pids = Object.entries(s.pids).filter(([, pid]) => this.alive(pid));
       for (const [, pid] of pids) this.signalGroup(pid, 'SIGTERM');
+      // VMs are not stopped by an agent's SIGTERM (they outlive it): power them off too.
+      for (const h of s.hosts) for (const g of this.vmGroups(h)) this.signalGroup(g, 'SIGKILL');
       const deadline = Date.now() + (opts.graceMs ?? 5000);
       while (pids.some(([, pid]) => this.alive(pid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
       for (const [host, pid] of pids) {

@@ -85,7 +85,7 @@ export class ProcessDriver implements Driver {
     return specOf(vmId, path, await readProcessVm(path));
   }
 
-  async powerOn(spec: VmSpec): Promise<void> {
+  async powerOn(spec: VmSpec, takeover = ''): Promise<void> {
     const existing = this.tracked.get(spec.id);
     if (existing && isSupervisorOf(existing.supervisorPid, spec.id)) return; // already running here
     const dsPath = this.opts.datastores[spec.datastore];
@@ -104,6 +104,7 @@ export class ProcessDriver implements Driver {
       storageCallTimeoutMs: this.opts.timing.storageCallTimeoutMs,
       shutdownTimeoutMs: this.opts.shutdownTimeoutMs,
       takeoverOwn: true,
+      takeover,
     };
     const log = openSync(join(this.dir, `${vmFileName(spec.id)}.supervisor.log`), 'a');
     const child = spawn(process.execPath, [SUPERVISOR_MAIN, Buffer.from(spec.id).toString('base64url'), Buffer.from(JSON.stringify(args)).toString('base64url')], {

@@ -30,6 +30,8 @@ export interface SupervisorArgs {
   shutdownTimeoutMs: number;
   /** Take over a lease record of this host's own (an earlier life of this host). */
   takeoverOwn: boolean;
+  /** The record the master judged dead (`host:generation:token:counter`, `orphan`, or ''). */
+  takeover: string;
 }
 
 export async function runSupervisor(a: SupervisorArgs): Promise<number> {
@@ -56,8 +58,12 @@ export async function runSupervisor(a: SupervisorArgs): Promise<number> {
   const started = now();
   try {
     const snap = await lease.read();
-    const own = a.takeoverOwn && snap.record?.host === a.host && snap.record.state === 'held' ? snap.record : undefined;
-    await lease.acquire(own);
+    const r = snap.record;
+    const own = a.takeoverOwn && r?.host === a.host && r.state === 'held' ? r : undefined;
+    // A takeover is allowed only of the exact record the master saw unchanged for the lease timeout.
+    const judged = r && a.takeover === `${r.host}:${r.generation}:${r.token}:${r.counter}` ? r : undefined;
+    if (a.takeover === 'orphan' && !r && snap.lockExists) await lease.acquire('orphan');
+    else await lease.acquire(own ?? judged);
   } catch (err) {
     const held = err instanceof LeaseError && (err.code === 'ELOCKED' || err.code === 'ECHANGED');
     await save({ phase: held ? 'leaseHeld' : 'failed', detail: `VM lease: ${(err as Error).message}` });

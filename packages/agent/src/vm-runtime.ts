@@ -1,0 +1,218 @@
+/**
+ * The VM half of the runtime: performs the core's power actions through the driver, reports
+ * driver events, and (on the master) reads the VM catalog and samples VM leases.
+ */
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { CatalogVm, CoreAction, CoreEvent, HostId } from '@vigil/core';
+import type { ClusterConfig } from '@vigil/config';
+import { describeError, vmLease, withTimeout, writeFileAtomic } from '@vigil/datastore';
+import { ProcessDriver, validateProcessVm, VM_NAME_RE, RESTART_PRIORITIES, type Driver, type RestartPriority } from '@vigil/drivers';
+import type { Logger } from './logger.js';
+import type { Clock } from './clock.js';
+
+export interface VmRuntimeOptions {
+  config: ClusterConfig;
+  host: HostId;
+  stateDir: string;
+  logger: Logger;
+  clock: Clock;
+  feed: (ev: CoreEvent) => void;
+}
+
+/** Where VM config files live on a datastore: `<datastore>/vms/<name>.json`, id `ds:vms/<name>.json`. */
+export const VM_DIR = 'vms';
+
+export class VmRuntime {
+  readonly driver: Driver;
+  private readonly config: ClusterConfig;
+  private readonly badFiles = new Map<string, string>();
+  private lastLocal = '';
+
+  constructor(private readonly opts: VmRuntimeOptions) {
+    this.config = opts.config;
+    const me = this.config.hosts[opts.host]!;
+    if (this.config.driver.type !== 'process') {
+      throw new Error(`driver ${this.config.driver.type} is not available in this version (only "process")`);
+    }
+    this.driver = new ProcessDriver({
+      host: opts.host,
+      cluster: this.config.cluster,
+      datastores: Object.fromEntries(me.datastores.map((d) => [d, this.config.datastores[d]!])),
+      stateDir: opts.stateDir,
+      timing: this.config.timing,
+      ...(me.capacity ? { capacity: me.capacity } : {}),
+      shutdownTimeoutMs: this.config.timing.isolationShutdownTimeoutMs,
+    });
+  }
+
+  start(): void {
+    this.driver.onEvent((ev) => {
+      this.opts.logger.log(ev.reason === 'requested' ? 'info' : 'warn', 'vm.local-stop', `${ev.vm} stopped on this host: ${ev.reason} (${ev.detail})`, { vm: ev.vm, reason: ev.reason });
+      this.opts.feed({ type: 'localVmStopped', now: this.opts.clock.now(), vm: ev.vm, reason: ev.reason, detail: ev.detail });
+      this.reportLocal(true);
+    });
+    this.reportLocal(true);
+  }
+
+  async stop(): Promise<void> {
+    await this.driver.close();
+  }
+
+  /** Tell the core which VMs run here (on change, or always when `force`). */
+  reportLocal(force = false): void {
+    const vms = this.driver.list().map((v) => v.id);
+    const key = vms.join('\n');
+    if (!force && key === this.lastLocal) return;
+    this.lastLocal = key;
+    this.opts.feed({ type: 'localVms', now: this.opts.clock.now(), vms });
+  }
+
+  capacity(): { memoryMB: number; cpus: number } {
+    return this.driver.capacity();
+  }
+
+  /** Absolute path of a VM's config file on this host, or null if its datastore is not mounted here. */
+  pathOf(vm: string): string | null {
+    const i = vm.indexOf(':');
+    const ds = vm.slice(0, i);
+    const base = this.config.datastores[ds];
+    if (!base || !this.config.hosts[this.opts.host]!.datastores.includes(ds)) return null;
+    return join(base, vm.slice(i + 1));
+  }
+
+  perform(a: CoreAction): boolean {
+    if (a.type === 'localPowerOn') {
+      void this.powerOn(a.vm, a.req, a.replyTo, a.takeover);
+      return true;
+    }
+    if (a.type === 'localPowerOff') {
+      void this.powerOff(a.vm, a.req, a.replyTo, a.graceful, a.timeoutMs);
+      return true;
+    }
+    return false;
+  }
+
+  private result(vm: string, req: number, replyTo: HostId, ok: boolean, leaseHeld: boolean, error: string): void {
+    this.reportLocal();
+    this.opts.feed({ type: 'localVmResult', now: this.opts.clock.now(), vm, req, replyTo, ok, leaseHeld, error });
+  }
+
+  private async powerOn(vm: string, req: number, replyTo: HostId, takeover: string): Promise<void> {
+    const path = this.pathOf(vm);
+    if (!path) return this.result(vm, req, replyTo, false, false, `datastore of ${vm} is not mounted on ${this.opts.host}`);
+    try {
+      const spec = await this.driver.loadSpec(vm, path);
+      await this.driver.powerOn(spec, takeover);
+      this.opts.logger.log('info', 'vm.powered-on', `${vm} powered on here (lease acquired)`, { vm });
+      this.result(vm, req, replyTo, true, false, '');
+    } catch (err) {
+      const leaseHeld = (err as { code?: string }).code === 'ELEASEHELD';
+      this.opts.logger.log('warn', 'vm.power-on-failed', `${vm} could not be powered on here: ${(err as Error).message}`, { vm, leaseHeld });
+      this.result(vm, req, replyTo, false, leaseHeld, (err as Error).message);
+    }
+  }
+
+  private async powerOff(vm: string, req: number, replyTo: HostId, graceful: boolean, timeoutMs: number): Promise<void> {
+    try {
+      if (graceful) await this.driver.shutdown(vm, timeoutMs);
+      else await this.driver.powerOff(vm);
+      this.result(vm, req, replyTo, true, false, '');
+    } catch (err) {
+      this.result(vm, req, replyTo, false, false, (err as Error).message);
+    }
+  }
+
+  // ---- master: catalog and leases -----------------------------------------------------------------
+
+  /** Read every VM config on a datastore and report the catalog. Bad files are logged once. */
+  async scanCatalog(ds: string): Promise<void> {
+    const base = this.config.datastores[ds];
+    if (!base) return;
+    const dir = join(base, VM_DIR);
+    const t = this.config.timing.storageCallTimeoutMs;
+    let names: string[];
+    try {
+      names = await withTimeout(`list ${dir}`, t, () => readdir(dir));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') names = [];
+      else return;
+    }
+    const vms: CatalogVm[] = [];
+    for (const n of names.filter((x) => x.endsWith('.json')).sort()) {
+      const id = `${ds}:${VM_DIR}/${n}`;
+      try {
+        const spec = await withTimeout(`read ${n}`, t, () => this.driver.loadSpec(id, join(dir, n)));
+        vms.push({ id, name: spec.name, memoryMB: spec.memoryMB, cpus: spec.cpus, priority: spec.restartPriority });
+        this.badFiles.delete(id);
+      } catch (err) {
+        const msg = describeError(err);
+        if (this.badFiles.get(id) !== msg) {
+          this.badFiles.set(id, msg);
+          this.opts.logger.log('warn', 'vm.config-invalid', `ignoring VM config ${join(dir, n)}: ${msg}`, { vm: id, file: join(dir, n) });
+        }
+      }
+    }
+    this.opts.feed({ type: 'vmCatalog', now: this.opts.clock.now(), datastore: ds, vms });
+  }
+
+  async sampleLeases(vms: string[]): Promise<void> {
+    await Promise.all(
+      vms.map(async (vm) => {
+        const ds = vm.slice(0, vm.indexOf(':'));
+        const base = this.config.datastores[ds];
+        if (!base) return;
+        try {
+          const snap = await vmLease({ datastorePath: base, cluster: this.config.cluster, vm, host: this.opts.host, timeoutMs: this.config.timing.storageCallTimeoutMs }).read();
+          this.opts.feed({ type: 'vmLeaseSample', now: this.opts.clock.now(), vm, record: snap.record, lockExists: snap.lockExists });
+        } catch {
+          /* unreadable now: no sample, so it is not judged dead on this basis */
+        }
+      }),
+    );
+  }
+
+  // ---- CLI operations done by the agent itself -------------------------------------------------
+
+  /** `vigil vm create`: write `<ds>/vms/<name>.json` (never overwrites). */
+  async create(req: Record<string, unknown>): Promise<string> {
+    const ds = String(req.datastore ?? '');
+    const base = this.config.datastores[ds];
+    if (!base) throw new Error(`unknown datastore "${ds}" (datastores: ${Object.keys(this.config.datastores).join(', ')})`);
+    if (!this.config.hosts[this.opts.host]!.datastores.includes(ds)) throw new Error(`${ds} is not mounted on ${this.opts.host}`);
+    const body = {
+      name: req.name,
+      command: req.command,
+      args: req.args ?? [],
+      ...(req.env ? { env: req.env } : {}),
+      memoryMB: req.memoryMB ?? 128,
+      cpus: req.cpus ?? 1,
+      restartPriority: req.priority ?? 'medium',
+      ...(req.isolationResponse ? { isolationResponse: req.isolationResponse } : {}),
+    };
+    const valid = validateProcessVm(body, 'vm create');
+    const dir = join(base, VM_DIR);
+    await mkdir(dir, { recursive: true });
+    const file = join(dir, `${valid.name}.json`);
+    try {
+      await writeFile(file, JSON.stringify(valid, null, 2) + '\n', { flag: 'wx' });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`a VM named ${valid.name} already exists on ${ds} (${file})`);
+      throw err;
+    }
+    this.opts.logger.log('info', 'vm.created', `created VM ${valid.name} on ${ds}`, { vm: `${ds}:${VM_DIR}/${valid.name}.json`, file });
+    return `${ds}:${VM_DIR}/${valid.name}.json`;
+  }
+
+  /** `vigil vm set NAME --priority P`: rewrite the VM's config file. */
+  async setPriority(vm: string, priority: string): Promise<void> {
+    if (!(RESTART_PRIORITIES as readonly string[]).includes(priority)) throw new Error(`priority must be one of ${RESTART_PRIORITIES.join(', ')}`);
+    const path = this.pathOf(vm);
+    if (!path) throw new Error(`the datastore of ${vm} is not mounted on ${this.opts.host}`);
+    const cfg = validateProcessVm(JSON.parse(await readFile(path, 'utf8')), path);
+    cfg.restartPriority = priority as RestartPriority;
+    await writeFileAtomic(path, JSON.stringify(cfg, null, 2) + '\n', this.config.timing.storageCallTimeoutMs);
+  }
+}
+
+export { VM_NAME_RE };

@@ -1,0 +1,92 @@
+import type { Command } from 'commander';
+import { InvalidArgumentError } from 'commander';
+import { controlRequest, DEFAULT_SOCKET } from '@vigil/agent';
+import type { VmView } from '@vigil/core';
+import { printJson, table } from '../format.js';
+
+const PRIORITIES = ['disabled', 'lowest', 'low', 'medium', 'high', 'highest'];
+
+function priorityArg(v: string): string {
+  if (!PRIORITIES.includes(v)) throw new InvalidArgumentError(`must be one of ${PRIORITIES.join(', ')}`);
+  return v;
+}
+
+function positiveInt(name: string) {
+  return (v: string) => {
+    if (!/^[0-9]{1,9}$/.test(v) || Number(v) < 1) throw new InvalidArgumentError(`${name} must be a positive integer`);
+    return Number(v);
+  };
+}
+
+const socketOpt = ['--socket <path>', 'control socket of the local agent', DEFAULT_SOCKET] as const;
+/** VM operations can wait for a power-on and a protectedlist commit. */
+const VM_TIMEOUT_MS = 120_000;
+
+async function vmOp(socket: string, body: Record<string, unknown>): Promise<void> {
+  const res = (await controlRequest(socket, { cmd: 'vm', ...body }, VM_TIMEOUT_MS)) as { message: string };
+  process.stdout.write(`${res.message}\n`);
+}
+
+export function registerVm(program: Command): void {
+  program
+    .command('vms')
+    .description('every VM: where it runs, power state, protection, priority, restarts (the master\'s view)')
+    .option('--json', 'machine-readable output (fields: docs/cli.md)')
+    .option(...socketOpt)
+    .action(async (opts: { json?: boolean; socket: string }) => {
+      const res = (await controlRequest(opts.socket, { cmd: 'vms' }, 30_000)) as { master: string; vms: VmView[] };
+      if (opts.json) return printJson(res.vms);
+      process.stdout.write(
+        table(
+          ['NAME', 'HOST', 'POWER', 'PROTECTED', 'PRIORITY', 'RESTARTS', 'STATE', 'ID'],
+          res.vms.map((v) => [v.name, v.host, v.power, v.protected ? 'yes' : 'no', v.priority, v.restarts, v.state + (v.detail && v.state !== 'running' ? ` (${v.detail})` : ''), v.id]),
+        ) + '\n',
+      );
+    });
+
+  const vm = program.command('vm').description('create, start, stop, protect and configure VMs (handled by the master)');
+
+  vm.command('create')
+    .description('write a process-driver VM config on a datastore (does not start it)')
+    .requiredOption('--datastore <ds>', 'datastore holding the VM')
+    .requiredOption('--name <name>', 'VM name (unique on the datastore)')
+    .option('--memory <mb>', 'memory the VM needs, MB', positiveInt('--memory'), 128)
+    .option('--cpus <n>', 'vCPUs the VM needs', positiveInt('--cpus'), 1)
+    .option('--priority <p>', `restart priority: ${PRIORITIES.join(', ')}`, priorityArg, 'medium')
+    .option(...socketOpt)
+    .argument('<command...>', 'the VM\'s command and arguments (after --)')
+    .action(async (command: string[], opts: { datastore: string; name: string; memory: number; cpus: number; priority: string; socket: string }) => {
+      const [cmd, ...args] = command;
+      await vmOp(opts.socket, { op: 'create', datastore: opts.datastore, name: opts.name, command: cmd, args, memoryMB: opts.memory, cpus: opts.cpus, priority: opts.priority });
+    });
+
+  vm.command('start')
+    .description('power a VM on (on --host, or where the master places it) and protect it')
+    .argument('<name>', 'VM name or id (datastore:path)')
+    .option('--host <host>', 'host to start it on')
+    .option(...socketOpt)
+    .action(async (name: string, opts: { host?: string; socket: string }) => {
+      await vmOp(opts.socket, { op: 'start', vm: name, ...(opts.host ? { host: opts.host } : {}) });
+    });
+
+  vm.command('stop')
+    .description('intentional stop: unprotect, then shut the VM down; it is never restarted')
+    .argument('<name>', 'VM name or id')
+    .option(...socketOpt)
+    .action(async (name: string, opts: { socket: string }) => vmOp(opts.socket, { op: 'stop', vm: name }));
+
+  for (const op of ['protect', 'unprotect'] as const) {
+    vm.command(op)
+      .description(op === 'protect' ? 'protect a VM: commit it to the protectedlist (restarted after failures)' : 'unprotect a VM (it keeps running; never restarted)')
+      .argument('<name>', 'VM name or id')
+      .option(...socketOpt)
+      .action(async (name: string, opts: { socket: string }) => vmOp(opts.socket, { op, vm: name }));
+  }
+
+  vm.command('set')
+    .description('change a VM\'s settings')
+    .argument('<name>', 'VM name or id')
+    .requiredOption('--priority <p>', `restart priority: ${PRIORITIES.join(', ')}`, priorityArg)
+    .option(...socketOpt)
+    .action(async (name: string, opts: { priority: string; socket: string }) => vmOp(opts.socket, { op: 'set', vm: name, priority: opts.priority }));
+}

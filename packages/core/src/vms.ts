@@ -1,0 +1,701 @@
+/**
+ * The master's VM manager (SPEC §3.5, §3.6): protected VMs, where they run, restarts after
+ * host failure, VM monitoring, and the CLI's VM operations.
+ *
+ * One reconciliation rule covers host failure, master failure and VM crashes: a protected VM
+ * that runs on no live host is restarted, provided
+ *   - its last host is dead (not merely silent, partitioned, isolated or agent-unreachable), or
+ *     it stopped on a live host (crash), or it is listed in poweredoff/ (isolation response);
+ *   - its VM lease is free: absent, released, or seen unchanged for the whole lease timeout
+ *     (nothing is ever powered on while its lease may still be held elsewhere);
+ *   - this master holds the protectedlist of the VM's datastore.
+ * Restarts go in priority order, to a connected, non-maintenance host that mounts the datastore
+ * and has the capacity (most free memory first: spreads load), at most maxConcurrentPerHost
+ * power-ons in flight per host, retried on the configured schedule.
+ */
+import type { HostId } from './ids.js';
+import { vmDatastore } from './ids.js';
+import type { Timing } from './timing.js';
+import type { CoreAction, LeaseRecordView, LogLevel } from './events.js';
+import { ChangeTracker, type Liveness } from './liveness.js';
+import type { FailureState } from './failure.js';
+
+export type Priority = 'disabled' | 'lowest' | 'low' | 'medium' | 'high' | 'highest';
+const PRIORITY_RANK: Record<Priority, number> = { highest: 0, high: 1, medium: 2, low: 3, lowest: 4, disabled: 5 };
+
+export interface CatalogVm {
+  id: string;
+  name: string;
+  memoryMB: number;
+  cpus: number;
+  priority: Priority;
+}
+
+/** What the manager needs to know of each host at a reconciliation. */
+export interface HostPlacementInfo {
+  host: HostId;
+  state: FailureState | 'self';
+  maintenance: boolean;
+  /** Datastores it mounts. */
+  datastores: readonly string[];
+  capacity: { memoryMB: number; cpus: number } | null;
+  /** Network silence so far (0 when heard recently). */
+  silentForMs: number;
+}
+
+export type VmCommand =
+  | { op: 'start'; vm: string; host?: HostId }
+  | { op: 'stop'; vm: string }
+  | { op: 'protect'; vm: string }
+  | { op: 'unprotect'; vm: string };
+
+interface VmTrack {
+  attempts: number;
+  nextAt: number;
+  failed: boolean;
+  lastError: string | null;
+  pending: { host: HostId; req: number; since: number; kind: 'restart' | 'start' | 'stop'; why?: string } | null;
+  /** Times of unexpected stops on a live host (VM monitoring). */
+  resets: number[];
+  restarts: number;
+  lastHost: HostId | null;
+  /** Restart on this host first (a crash on a live host). */
+  preferHost: HostId | null;
+  /** Why it may be restarted now (crash, host dead...), null if it need not be. */
+  wantRestart: string | null;
+  waitingLogged: string | null;
+}
+
+interface PendingCommand {
+  req: number;
+  cmd: VmCommand;
+  stage: 'powering' | 'committing' | 'stopping';
+  since: number;
+  host?: HostId;
+}
+
+export interface VmView {
+  id: string;
+  name: string;
+  host: HostId | null;
+  power: 'on' | 'off';
+  protected: boolean;
+  priority: Priority;
+  restarts: number;
+  attempts: number;
+  state: 'running' | 'stopped' | 'restarting' | 'waiting' | 'failed' | 'starting';
+  detail: string | null;
+}
+
+export interface VmManagerOptions {
+  self: HostId;
+  timing: Timing;
+  maxConcurrentPerHost: number;
+  maxAttempts: number;
+  /** VM monitoring: at most this many resets per vmMonitorWindowMs (FDM: 3). */
+  maxResets?: number;
+  /** Timeout of one power-on request (then the lease and poweron files decide). */
+  powerOnTimeoutMs?: number;
+  /** Graceful stop timeout for `vm stop`. */
+  stopTimeoutMs?: number;
+}
+
+export class VmManager {
+  private readonly catalog = new Map<string, CatalogVm>();
+  private readonly running = new Map<string, HostId>();
+  private readonly tracks = new Map<string, VmTrack>();
+  private readonly leases: ChangeTracker;
+  /** Last lease record seen per VM, encoded for a takeover ('' none, 'orphan' lock without record). */
+  private readonly leaseRecords = new Map<string, string>();
+  private readonly poweredoff = new Set<string>();
+  private readonly commands = new Map<number, PendingCommand>();
+  private protectedSet = new Set<string>();
+  private owned = new Set<string>();
+  private hostVms = new Map<HostId, Set<string>>();
+  private readonly hostStates = new Map<HostId, FailureState | 'self'>();
+  private dirty = false;
+  private nextReq = 1;
+  private inventoryReady = false;
+  private out: CoreAction[] = [];
+  private readonly maxResets: number;
+  private readonly powerOnTimeoutMs: number;
+  private readonly stopTimeoutMs: number;
+
+  constructor(private readonly opts: VmManagerOptions) {
+    this.leases = new ChangeTracker(opts.timing.leaseTimeoutMs);
+    this.maxResets = opts.maxResets ?? 3;
+    this.powerOnTimeoutMs = opts.powerOnTimeoutMs ?? 3 * opts.timing.storageCallTimeoutMs + 10_000;
+    this.stopTimeoutMs = opts.stopTimeoutMs ?? Math.min(opts.timing.isolationShutdownTimeoutMs, 30_000);
+  }
+
+  /** Forget the master's state (no longer master). Pending CLI commands fail. */
+  reset(why: string): CoreAction[] {
+    this.out = [];
+    for (const c of this.commands.values()) this.reply(c.req, false, `aborted: ${why}`);
+    this.commands.clear();
+    this.tracks.clear();
+    this.running.clear();
+    this.hostVms.clear();
+    this.hostStates.clear();
+    this.inventoryReady = false;
+    return this.out;
+  }
+
+  private track(vm: string): VmTrack {
+    let t = this.tracks.get(vm);
+    if (!t) {
+      t = { attempts: 0, nextAt: 0, failed: false, lastError: null, pending: null, resets: [], restarts: 0, lastHost: null, preferHost: null, wantRestart: null, waitingLogged: null };
+      this.tracks.set(vm, t);
+    }
+    return t;
+  }
+
+  // ---- inputs -------------------------------------------------------------------------------
+
+  setCatalog(datastore: string, vms: CatalogVm[]): void {
+    for (const [id] of this.catalog) if (vmDatastore(id) === datastore) this.catalog.delete(id);
+    for (const v of vms) this.catalog.set(v.id, v);
+  }
+
+  setProtected(protectedByDs: Map<string, string[]>, owned: string[]): void {
+    this.owned = new Set(owned);
+    this.protectedSet = new Set([...protectedByDs.values()].flat());
+  }
+
+  /** The VMs a host runs, from its poweron file (or the master's own driver). */
+  setHostVms(host: HostId, vms: readonly string[]): void {
+    this.hostVms.set(host, new Set(vms));
+    this.dirty = true;
+  }
+
+  private isLive(host: HostId): boolean {
+    if (host === this.opts.self) return true;
+    const st = this.hostStates.get(host);
+    return st === 'connected' || st === 'self';
+  }
+
+  /**
+   * Where each VM runs: the host whose poweron file (or driver) lists it, preferring live hosts.
+   * A dead host's last poweron file still lists its VMs; a live host's word wins over it.
+   */
+  private relocate(): void {
+    if (!this.dirty) return;
+    this.dirty = false;
+    this.running.clear();
+    for (const [h, set] of this.hostVms) {
+      const live = this.isLive(h);
+      for (const vm of set) {
+        const cur = this.running.get(vm);
+        if (!cur || (live && !this.isLive(cur))) this.running.set(vm, h);
+      }
+    }
+    for (const [vm, h] of this.running) {
+      if (!this.isLive(h)) continue;
+      const t = this.track(vm);
+      t.lastHost = h;
+      t.wantRestart = null;
+    }
+  }
+
+  private setStates(hosts: Map<HostId, HostPlacementInfo>): void {
+    for (const [h, info] of hosts) {
+      if (this.hostStates.get(h) !== info.state) this.dirty = true;
+      this.hostStates.set(h, info.state);
+    }
+    this.relocate();
+  }
+
+  setPoweredOff(vms: Iterable<string>): void {
+    this.poweredoff.clear();
+    for (const v of vms) this.poweredoff.add(v);
+  }
+
+  /** The master has read every host's poweron file once: restarts may be decided. */
+  markInventoryReady(): void {
+    this.inventoryReady = true;
+  }
+
+  leaseSample(vm: string, record: LeaseRecordView | null, lockExists: boolean, now: number): void {
+    const value = record ? `${record.host}:${record.generation}:${record.token}:${record.counter}` : lockExists ? 'lock-without-record' : null;
+    this.leases.observe(vm, { value, released: record?.state === 'released' }, now);
+    this.leaseRecords.set(vm, record ? (record.state === 'released' ? '' : value!) : lockExists ? 'orphan' : '');
+  }
+
+  /** What a host must present to take the VM's lease over ('' when it is free). */
+  private takeoverOf(vm: string, now: number): string {
+    const st = this.leases.state(vm, now);
+    if (st === 'dead') return this.leaseRecords.get(vm) ?? '';
+    return '';
+  }
+
+  leaseState(vm: string, now: number): Liveness {
+    return this.leases.state(vm, now);
+  }
+
+  /** VMs each host runs, as last known. */
+  vmsOn(host: HostId): string[] {
+    return [...(this.hostVms.get(host) ?? [])];
+  }
+
+  /** Resolve a CLI name or id to a VM id ('ambiguous' if several VMs share the name). */
+  resolve(nameOrId: string): string | null | 'ambiguous' {
+    if (nameOrId.includes(':')) return this.catalog.has(nameOrId) || this.protectedSet.has(nameOrId) ? nameOrId : null;
+    const hits = [...this.catalog.values()].filter((v) => v.name === nameOrId).map((v) => v.id);
+    if (hits.length > 1) return 'ambiguous';
+    return hits[0] ?? null;
+  }
+
+  /** VM leases the runtime should sample now: VMs that may need a restart, or whose host is silent. */
+  leasesToWatch(hosts: Map<HostId, HostPlacementInfo>): string[] {
+    this.setStates(hosts);
+    const out = new Set<string>();
+    for (const vm of this.protectedSet) {
+      const host = this.running.get(vm);
+      const h = host ? hosts.get(host) : undefined;
+      // Watch from T+storageWatchAfterMs, so a dead host's leases are judged by T+deadMs.
+      if (!host || !h || (h.state !== 'connected' && h.state !== 'self') || h.silentForMs >= this.opts.timing.storageWatchAfterMs) out.add(vm);
+    }
+    for (const [vm, t] of this.tracks) if (t.wantRestart || t.pending) out.add(vm);
+    return [...out].sort();
+  }
+
+  /** A VM stopped on `host` (driver event, local or reported by a slave). */
+  vmStopped(host: HostId, vm: string, reason: string, now: number): CoreAction[] {
+    this.out = [];
+    this.hostVms.get(host)?.delete(vm);
+    this.dirty = true;
+    this.relocate();
+    const t = this.track(vm);
+    if (!this.protectedSet.has(vm) || reason === 'requested' || t.pending?.kind === 'stop') return this.out;
+    if (reason === 'fenced') {
+      t.wantRestart = `${host} lost its lease (self-fence)`;
+      t.preferHost = null;
+      this.log('warn', 'vm.fenced', `${vm} was killed on ${host}: its lease could not be renewed; it will run elsewhere`, { vm, host: host });
+      return this.out;
+    }
+    t.resets = t.resets.filter((at) => now - at < this.opts.timing.vmMonitorWindowMs);
+    t.resets.push(now);
+    if (t.resets.length > this.maxResets) {
+      t.failed = true;
+      t.wantRestart = null;
+      t.lastError = `stopped ${t.resets.length} times within ${Math.round(this.opts.timing.vmMonitorWindowMs / 1000)} s`;
+      this.log('error', 'vm.failed', `${vm} stopped unexpectedly on ${host} (${reason}) for the ${t.resets.length}th time in the monitoring window: giving up`, {
+        vm,
+        host,
+        reason,
+        resets: t.resets.length,
+      });
+      return this.out;
+    }
+    t.wantRestart = `stopped unexpectedly on ${host} (${reason})`;
+    t.preferHost = host;
+    t.nextAt = now;
+    this.log('warn', 'vm.stopped', `${vm} stopped unexpectedly on ${host} (${reason}): restarting it (reset ${t.resets.length} of ${this.maxResets})`, {
+      vm,
+      host,
+      reason,
+      resets: t.resets.length,
+    });
+    return this.out;
+  }
+
+  /** Outcome of a powerOn / powerOff request. */
+  result(vm: string, host: HostId, req: number, ok: boolean, leaseHeld: boolean, error: string, now: number): CoreAction[] {
+    this.out = [];
+    const t = this.track(vm);
+    const p = t.pending;
+    const cmd = [...this.commands.values()].find((c) => c.cmd.vm === vm && (c.stage === 'powering' || c.stage === 'stopping'));
+    if (!p || p.req !== req) return this.out;
+    t.pending = null;
+    if (p.kind === 'stop') {
+      if (ok) {
+        this.hostVms.get(host)?.delete(vm);
+        this.dirty = true;
+        this.relocate();
+      }
+      if (cmd) {
+        this.commands.delete(cmd.req);
+        this.reply(cmd.req, ok, ok ? `${vm} stopped on ${host}; it is not protected and will not be restarted` : `${vm} is unprotected but could not be stopped on ${host}: ${error}`);
+      }
+      return this.out;
+    }
+    if (ok) {
+      const why = p.why ?? t.wantRestart;
+      let set = this.hostVms.get(host);
+      if (!set) this.hostVms.set(host, (set = new Set()));
+      set.add(vm);
+      this.dirty = true;
+      this.relocate();
+      t.lastHost = host;
+      t.wantRestart = null;
+      t.preferHost = null;
+      t.attempts = 0;
+      t.lastError = null;
+      this.poweredoff.delete(vm);
+      if (p.kind === 'restart') {
+        t.restarts += 1;
+        this.log('info', 'vm.restarted', `${vm} restarted on ${host} (${why ?? 'not running'})`, { vm, host, reason: why, restarts: t.restarts });
+        this.out.push({ type: 'removePoweredOff', vm });
+      } else {
+        this.log('info', 'vm.started', `${vm} started on ${host}`, { vm, host });
+      }
+      if (cmd) {
+        cmd.stage = 'committing';
+        this.out.push(...this.setProtection(vm, true));
+      }
+      return this.out;
+    }
+    t.lastError = error;
+    if (leaseHeld) {
+      this.log('warn', 'vm.lease-held', `${vm} was not started on ${host}: its lease is held elsewhere; waiting`, { vm, host });
+      t.nextAt = now + this.opts.timing.storageHeartbeatIntervalMs;
+    } else {
+      t.attempts += 1;
+      const delays = this.opts.timing.restartRetryDelaysMs;
+      if (p.kind === 'restart' && t.attempts >= this.opts.maxAttempts) {
+        t.failed = true;
+        this.log('error', 'vm.failed', `${vm} failed to start ${t.attempts} times (last on ${host}: ${error}); giving up`, { vm, host, attempts: t.attempts, error });
+      } else {
+        t.nextAt = now + (delays[Math.min(t.attempts - 1, delays.length - 1)] ?? 0);
+        this.log('warn', 'vm.start-failed', `${vm} could not start on ${host}: ${error}; attempt ${t.attempts} of ${this.opts.maxAttempts}`, { vm, host, attempts: t.attempts, error });
+      }
+    }
+    if (cmd) {
+      this.commands.delete(cmd.req);
+      this.reply(cmd.req, false, `${vm} could not start on ${host}: ${error}`);
+    }
+    return this.out;
+  }
+
+  /** The protectedlist of a datastore now holds exactly `vms` on disk. */
+  committed(datastore: string, vms: string[]): CoreAction[] {
+    this.out = [];
+    this.onCommitted(datastore, vms);
+    return this.out;
+  }
+
+  private onCommitted(datastore: string, vms: string[]): void {
+    const onDisk = new Set(vms);
+    for (const c of [...this.commands.values()]) {
+      if (c.stage !== 'committing' || vmDatastore(c.cmd.vm) !== datastore) continue;
+      const vm = c.cmd.vm;
+      if (c.cmd.op === 'start' || c.cmd.op === 'protect') {
+        if (!onDisk.has(vm)) continue;
+        this.commands.delete(c.req);
+        this.reply(c.req, true, c.cmd.op === 'start' ? `${vm} runs on ${this.running.get(vm) ?? c.host ?? '?'} and is protected` : `${vm} is protected`);
+      } else {
+        if (onDisk.has(vm)) continue;
+        if (c.cmd.op === 'stop') {
+          const host = this.running.get(vm);
+          if (!host) {
+            this.commands.delete(c.req);
+            this.reply(c.req, true, `${vm} is unprotected and was not running`);
+            continue;
+          }
+          c.stage = 'stopping';
+          const req = this.nextReq++;
+          this.track(vm).pending = { host, req, since: c.since, kind: 'stop' };
+          this.out.push({ type: 'vmPowerOff', host, vm, req, graceful: true, timeoutMs: this.stopTimeoutMs });
+        } else {
+          this.commands.delete(c.req);
+          this.reply(c.req, true, `${vm} is no longer protected`);
+        }
+      }
+    }
+  }
+
+  commitFailed(datastore: string, error: string): CoreAction[] {
+    this.out = [];
+    for (const c of [...this.commands.values()]) {
+      if (c.stage !== 'committing' || vmDatastore(c.cmd.vm) !== datastore) continue;
+      this.commands.delete(c.req);
+      this.reply(c.req, false, `could not commit the protectedlist of ${datastore}: ${error}`);
+    }
+    return this.out;
+  }
+
+  /** A CLI command reaching the master. Replies come as `reply` actions. */
+  command(req: number, cmd: VmCommand, now: number, hosts: Map<HostId, HostPlacementInfo>): CoreAction[] {
+    this.out = [];
+    this.setStates(hosts);
+    const vm = cmd.vm;
+    const ds = vmDatastore(vm);
+    if (!this.owned.has(ds)) {
+      this.reply(req, false, `this master does not hold the protectedlist of ${ds} (yet); retry shortly`);
+      return this.out;
+    }
+    const t = this.track(vm);
+    const pc: PendingCommand = { req, cmd, stage: 'committing', since: now };
+    switch (cmd.op) {
+      case 'protect':
+      case 'unprotect':
+        this.commands.set(req, pc);
+        this.out.push(...this.setProtection(vm, cmd.op === 'protect'));
+        if (!this.out.some((a) => a.type === 'setProtection')) {
+          this.commands.delete(req);
+          this.reply(req, true, `${vm} is ${cmd.op === 'protect' ? 'already protected' : 'already unprotected'}`);
+        }
+        return this.out;
+      case 'stop':
+        t.failed = false;
+        t.wantRestart = null;
+        this.commands.set(req, pc);
+        this.out.push(...this.setProtection(vm, false));
+        if (!this.out.some((a) => a.type === 'setProtection')) this.onCommitted(ds, [...this.protectedSet].filter((v) => vmDatastore(v) === ds));
+        return this.out;
+      case 'start': {
+        const spec = this.catalog.get(vm);
+        if (!spec) {
+          this.reply(req, false, `no VM config ${vm} (see vigil vms)`);
+          return this.out;
+        }
+        t.failed = false;
+        t.attempts = 0;
+        t.resets = [];
+        const where = this.running.get(vm);
+        if (where) {
+          pc.host = where;
+          this.commands.set(req, pc);
+          this.out.push(...this.setProtection(vm, true));
+          if (!this.out.some((a) => a.type === 'setProtection')) {
+            this.commands.delete(req);
+            this.reply(req, true, `${vm} already runs on ${where} and is protected`);
+          }
+          return this.out;
+        }
+        if (t.pending) {
+          this.reply(req, false, `${vm} is already being started on ${t.pending.host}`);
+          return this.out;
+        }
+        const lease = this.leases.state(vm, now);
+        if (lease === 'alive') {
+          this.reply(req, false, `${vm}'s lease is held and alive: it runs somewhere this master does not see`);
+          return this.out;
+        }
+        const host = cmd.host ?? this.place(spec, hosts, null);
+        if (!host) {
+          this.reply(req, false, `no connected host mounts ${ds} with ${spec.memoryMB} MB and ${spec.cpus} vCPUs free`);
+          return this.out;
+        }
+        const h = hosts.get(host);
+        if (!h || (h.state !== 'connected' && h.state !== 'self')) {
+          this.reply(req, false, `${host} is not a connected host`);
+          return this.out;
+        }
+        if (!h.datastores.includes(ds)) {
+          this.reply(req, false, `${host} does not mount ${ds}`);
+          return this.out;
+        }
+        pc.stage = 'powering';
+        pc.host = host;
+        this.commands.set(req, pc);
+        const r = this.nextReq++;
+        t.pending = { host, req: r, since: now, kind: 'start' };
+        this.out.push({ type: 'vmPowerOn', host, vm, req: r, takeover: this.takeoverOf(vm, now) });
+        return this.out;
+      }
+    }
+  }
+
+  private setProtection(vm: string, on: boolean): CoreAction[] {
+    if (this.protectedSet.has(vm) === on) return [];
+    if (on) this.protectedSet.add(vm);
+    else this.protectedSet.delete(vm);
+    return [{ type: 'setProtection', vm, protected: on }];
+  }
+
+  // ---- reconciliation -------------------------------------------------------------------------
+
+  tick(now: number, hosts: Map<HostId, HostPlacementInfo>): CoreAction[] {
+    this.out = [];
+    // Expire lost requests: the lease and the poweron files will tell what happened.
+    for (const [vm, t] of this.tracks) {
+      if (t.pending && now - t.pending.since > this.powerOnTimeoutMs) {
+        this.log('warn', 'vm.request-timeout', `no answer from ${t.pending.host} about ${vm} within ${this.powerOnTimeoutMs} ms`, { vm, host: t.pending.host });
+        const cmd = [...this.commands.values()].find((c) => c.cmd.vm === vm && (c.stage === 'powering' || c.stage === 'stopping'));
+        if (cmd) {
+          this.commands.delete(cmd.req);
+          this.reply(cmd.req, false, `no answer from ${t.pending.host} in time; see vigil vms`);
+        }
+        t.pending = null;
+      }
+    }
+    for (const [req, c] of this.commands) {
+      if (now - c.since > this.powerOnTimeoutMs + this.stopTimeoutMs + 10_000) {
+        this.commands.delete(req);
+        this.reply(req, false, 'timed out');
+      }
+    }
+    this.setStates(hosts);
+    if (!this.inventoryReady) return this.out;
+
+    const inflight = new Map<HostId, number>();
+    for (const t of this.tracks.values()) if (t.pending) inflight.set(t.pending.host, (inflight.get(t.pending.host) ?? 0) + 1);
+
+    const candidates: { vm: string; why: string; spec: CatalogVm }[] = [];
+    for (const vm of this.protectedSet) {
+      if (!this.owned.has(vmDatastore(vm))) continue;
+      const t = this.track(vm);
+      const where = this.running.get(vm);
+      const h = where ? hosts.get(where) : undefined;
+      if (where && h && h.state !== 'dead') {
+        t.wantRestart = null;
+        continue; // runs on a host that is alive, or not known to be dead: never a second copy
+      }
+      if (t.pending || t.failed) continue;
+      const spec = this.catalog.get(vm);
+      if (!spec || spec.priority === 'disabled') continue;
+      let why = t.wantRestart;
+      if (!why) {
+        const last = t.lastHost ? hosts.get(t.lastHost) : undefined;
+        if (where && h?.state === 'dead') why = `${where} is dead`;
+        else if (this.poweredoff.has(vm)) why = 'powered off by an isolation response';
+        else if (!t.lastHost) why = 'protected but not running on any host';
+        else if (!last || last.state === 'dead' || last.state === 'connected' || last.state === 'self') why = `not running (last on ${t.lastHost})`;
+        else {
+          this.waiting(t, vm, `its last host ${t.lastHost} is ${last.state}: not restarting it`);
+          continue;
+        }
+      }
+      if (now < t.nextAt) continue;
+      const lease = this.leases.state(vm, now);
+      if (lease === 'alive' || lease === 'unknown') {
+        this.waiting(t, vm, lease === 'alive' ? 'its lease is still renewed elsewhere' : 'watching its lease (not yet judged)');
+        continue;
+      }
+      candidates.push({ vm, why, spec });
+    }
+    candidates.sort((a, b) => PRIORITY_RANK[a.spec.priority] - PRIORITY_RANK[b.spec.priority] || (a.vm < b.vm ? -1 : 1));
+    for (const c of candidates) {
+      const t = this.track(c.vm);
+      const host = this.place(c.spec, hosts, t.preferHost, inflight);
+      if (!host) {
+        this.waiting(t, c.vm, `no connected host mounting ${vmDatastore(c.vm)} has ${c.spec.memoryMB} MB / ${c.spec.cpus} vCPUs free (or all are busy)`);
+        continue;
+      }
+      const req = this.nextReq++;
+      t.pending = { host, req, since: now, kind: 'restart', why: c.why };
+      t.wantRestart = c.why;
+      t.waitingLogged = null;
+      inflight.set(host, (inflight.get(host) ?? 0) + 1);
+      this.log('info', 'vm.restarting', `restarting ${c.vm} on ${host}: ${c.why} (priority ${c.spec.priority})`, { vm: c.vm, host, reason: c.why, priority: c.spec.priority, attempt: t.attempts + 1 });
+      this.out.push({ type: 'vmPowerOn', host, vm: c.vm, req, takeover: this.takeoverOf(c.vm, now) });
+    }
+    return this.out;
+  }
+
+  private waiting(t: VmTrack, vm: string, why: string): void {
+    if (t.waitingLogged === why) return;
+    t.waitingLogged = why;
+    this.log('info', 'vm.waiting', `${vm} waits: ${why}`, { vm, reason: why });
+  }
+
+  /** Free capacity of a host: its capacity minus its running VMs and the starts in flight to it. */
+  private free(host: HostPlacementInfo): { memoryMB: number; cpus: number } {
+    const cap = host.capacity ?? { memoryMB: 0, cpus: 0 };
+    let mem = cap.memoryMB;
+    let cpu = cap.cpus;
+    const count = (vm: string) => {
+      const s = this.catalog.get(vm);
+      mem -= s?.memoryMB ?? 0;
+      cpu -= s?.cpus ?? 0;
+    };
+    const here = this.hostVms.get(host.host) ?? new Set<string>();
+    here.forEach(count);
+    for (const [vm, t] of this.tracks) if (t.pending?.host === host.host && t.pending.kind !== 'stop' && !here.has(vm)) count(vm);
+    return { memoryMB: mem, cpus: cpu };
+  }
+
+  private place(
+    spec: CatalogVm,
+    hosts: Map<HostId, HostPlacementInfo>,
+    prefer: HostId | null,
+    inflight = new Map<HostId, number>(),
+  ): HostId | null {
+    const ds = vmDatastore(spec.id);
+    const fits = (h: HostPlacementInfo) => {
+      if (h.state !== 'connected' && h.state !== 'self') return false;
+      if (h.maintenance || !h.datastores.includes(ds)) return false;
+      if ((inflight.get(h.host) ?? 0) >= this.opts.maxConcurrentPerHost) return false;
+      const f = this.free(h);
+      return f.memoryMB >= spec.memoryMB && f.cpus >= spec.cpus;
+    };
+    if (prefer) {
+      const h = hosts.get(prefer);
+      if (h && fits(h)) return prefer;
+    }
+    let bestHost: HostPlacementInfo | null = null;
+    let bestFree = -Infinity;
+    for (const h of [...hosts.values()].sort((a, b) => (a.host < b.host ? -1 : 1))) {
+      if (!fits(h)) continue;
+      const f = this.free(h).memoryMB;
+      if (f > bestFree) {
+        bestFree = f;
+        bestHost = h;
+      }
+    }
+    return bestHost?.host ?? null;
+  }
+
+  // ---- views ----------------------------------------------------------------------------------
+
+  view(now: number): VmView[] {
+    this.relocate();
+    const ids = new Set([...this.catalog.keys(), ...this.protectedSet, ...this.running.keys()]);
+    return [...ids].sort().map((id) => {
+      const spec = this.catalog.get(id);
+      const t = this.tracks.get(id);
+      const host = this.running.get(id) ?? null;
+      const prot = this.protectedSet.has(id);
+      let state: VmView['state'] = host ? 'running' : 'stopped';
+      let detail: string | null = null;
+      if (t?.failed) {
+        state = 'failed';
+        detail = t.lastError;
+      } else if (t?.pending && t.pending.kind !== 'stop') {
+        state = t.pending.kind === 'restart' ? 'restarting' : 'starting';
+        detail = `on ${t.pending.host}`;
+      } else if (!host && prot) {
+        state = 'waiting';
+        detail = t?.waitingLogged ?? t?.wantRestart ?? null;
+      }
+      void now;
+      return {
+        id,
+        name: spec?.name ?? id.slice(id.lastIndexOf('/') + 1).replace(/\.json$/, ''),
+        host,
+        power: host ? 'on' : 'off',
+        protected: prot,
+        priority: spec?.priority ?? 'medium',
+        restarts: t?.restarts ?? 0,
+        attempts: t?.attempts ?? 0,
+        state,
+        detail,
+      };
+    });
+  }
+
+  /** Restart state to persist on shared storage: VMs with attempts or failed. */
+  queue(): { vm: string; attempts: number; failed: boolean }[] {
+    const out: { vm: string; attempts: number; failed: boolean }[] = [];
+    for (const [vm, t] of this.tracks) if (this.protectedSet.has(vm) && (t.attempts > 0 || t.failed || t.wantRestart)) out.push({ vm, attempts: t.attempts, failed: t.failed });
+    return out.sort((a, b) => (a.vm < b.vm ? -1 : 1));
+  }
+
+  /** A new master continues the queue it found on disk. */
+  restoreQueue(entries: { vm: string; attempts: number; failed: boolean }[]): void {
+    for (const e of entries) {
+      const t = this.track(e.vm);
+      t.attempts = Math.max(t.attempts, e.attempts);
+      t.failed = t.failed || e.failed;
+    }
+  }
+
+  private reply(req: number, ok: boolean, message: string): void {
+    this.out.push({ type: 'reply', req, ok, message });
+  }
+
+  private log(level: LogLevel, event: string, message: string, fields: Record<string, unknown>): void {
+    this.out.push({ type: 'log', level, event, message, fields });
+  }
+}

@@ -1,0 +1,279 @@
+/**
+ * @vigil/config: defaults, timing profiles and overrides (re-checked against the lease
+ * inequalities), cross-reference checks, loading from disk, and the choice of heartbeat
+ * datastores.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { Timing } from '@vigil/core';
+import {
+  ConfigError,
+  DEFAULT_TIMING,
+  FAST_TIMING,
+  PROFILES,
+  checkTiming,
+  heartbeatDatastoresFor,
+  loadConfig,
+  loadSecret,
+  validateConfig,
+  type ClusterConfig,
+} from '@vigil/config';
+
+type Json = Record<string, unknown>;
+
+function minimal(extra: Json = {}): Json {
+  return {
+    cluster: 'prod-1',
+    secretFile: '/etc/vigil/secret',
+    hosts: { 'host-1': { address: '10.0.0.1' }, 'host-2': { address: '10.0.0.2' } },
+    datastores: { ds1: '/mnt/ds1', ds2: '/mnt/ds2' },
+    ...extra,
+  };
+}
+
+/** The problems of an invalid config (fails the test if it is accepted). */
+function problems(input: unknown): { key: string; problem: string }[] {
+  try {
+    validateConfig(input, 'test');
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as ConfigError).problems;
+  }
+  throw new Error(`config was accepted: ${JSON.stringify(input)}`);
+}
+
+const keysOf = (input: unknown) => problems(input).map((p) => p.key);
+
+describe('validateConfig defaults', () => {
+  it('fills in port, isolation response, driver, log, restart and the default (FDM) profile', () => {
+    const c = validateConfig(minimal());
+    expect(c.port).toBe(8182);
+    expect(c.hosts['host-1']!.port).toBe(8182);
+    expect(c.isolationResponse).toBe('leavePoweredOn');
+    expect(c.driver).toEqual({ type: 'process' });
+    expect(c.profile).toBe('default');
+    expect(c.log).toEqual({ level: 'info', format: 'json' });
+    expect(c.restart).toEqual({ maxConcurrentPerHost: 32, maxAttempts: 5 });
+    expect(c.heartbeatDatastores).toBeNull();
+    expect(c.isolationAddresses).toEqual([]);
+    expect(c.hosts['host-1']!.datastores).toEqual(['ds1', 'ds2']); // every datastore when not listed
+    expect(c.hosts['host-1']!.isolationAddresses).toEqual([]);
+  });
+
+  it('default profile carries FDM values', () => {
+    const t = validateConfig(minimal()).timing;
+    expect(t.hostTimeoutMs).toBe(10_000);
+    expect(t.electionWindowMs).toBe(15_000);
+    expect(t.heartbeatIntervalMs).toBe(1000);
+    expect(t.storageHeartbeatIntervalMs).toBe(5000);
+    expect(t).toEqual(DEFAULT_TIMING);
+    expect(PROFILES.default).toBe(DEFAULT_TIMING);
+  });
+
+  it('the resolved timing is a copy: changing it does not change the shipped profile', () => {
+    const c = validateConfig(minimal({ timing: { profile: 'fast' } }));
+    c.timing.restartRetryDelaysMs.push(1);
+    c.timing.hostTimeoutMs = 1;
+    expect(FAST_TIMING.restartRetryDelaysMs).toHaveLength(4);
+    expect(FAST_TIMING.hostTimeoutMs).toBe(1000);
+    expect(validateConfig(minimal({ timing: { profile: 'fast' } })).timing).toEqual(FAST_TIMING);
+  });
+
+  it('a per-host port overrides the cluster port', () => {
+    const c = validateConfig(minimal({ port: 9000, hosts: { 'host-1': { address: '10.0.0.1' }, 'host-2': { address: '10.0.0.2', port: 9001 } } }));
+    expect(c.port).toBe(9000);
+    expect(c.hosts['host-1']!.port).toBe(9000);
+    expect(c.hosts['host-2']!.port).toBe(9001);
+  });
+});
+
+describe('timing profiles', () => {
+  it('fast is about 1/10 of default', () => {
+    const c = validateConfig(minimal({ timing: { profile: 'fast' } }));
+    expect(c.profile).toBe('fast');
+    expect(c.timing).toEqual(FAST_TIMING);
+    for (const k of ['hostTimeoutMs', 'electionWindowMs', 'heartbeatIntervalMs', 'storageHeartbeatIntervalMs', 'leaseTimeoutMs', 'selfFenceDeadlineMs'] as const) {
+      expect(FAST_TIMING[k] * 10, k).toBe(DEFAULT_TIMING[k]);
+    }
+    for (const k of Object.keys(DEFAULT_TIMING) as (keyof Timing)[]) {
+      const d = DEFAULT_TIMING[k];
+      const f = FAST_TIMING[k];
+      const pairs: [number, number][] = Array.isArray(d) ? d.map((v, i) => [v, (f as number[])[i]!]) : [[d, f as number]];
+      for (const [dv, fv] of pairs) {
+        expect(fv / dv, k).toBeGreaterThanOrEqual(1 / 25);
+        expect(fv / dv, k).toBeLessThanOrEqual(1 / 5);
+      }
+    }
+  });
+
+  it('both shipped profiles pass checkTiming', () => {
+    expect(checkTiming(PROFILES.default)).toEqual([]);
+    expect(checkTiming(PROFILES.fast)).toEqual([]);
+  });
+
+  it('a per-field override applies on top of the profile', () => {
+    const c = validateConfig(minimal({ timing: { profile: 'fast', heartbeatIntervalMs: 200 } }));
+    expect(c.timing.heartbeatIntervalMs).toBe(200);
+    expect({ ...c.timing, heartbeatIntervalMs: FAST_TIMING.heartbeatIntervalMs }).toEqual(FAST_TIMING);
+    const d = validateConfig(minimal({ timing: { electionWindowMs: 20_000 } }));
+    expect(d.profile).toBe('default');
+    expect(d.timing.electionWindowMs).toBe(20_000);
+    expect(d.timing.hostTimeoutMs).toBe(10_000);
+  });
+
+  it('an override that breaks the lease inequality is refused, naming timing.leaseTimeoutMs', () => {
+    // fast: selfFenceDeadlineMs 1000 + leaseSafetyMarginMs 300.
+    const p = problems(minimal({ timing: { profile: 'fast', leaseTimeoutMs: 1300 } }));
+    expect(p.map((x) => x.key)).toEqual(['timing.leaseTimeoutMs']);
+    expect(p[0]!.problem).toMatch(/unsafe/);
+    expect(validateConfig(minimal({ timing: { profile: 'fast', leaseTimeoutMs: 1301 } })).timing.leaseTimeoutMs).toBe(1301);
+    // Raising another field of the inequality is re-checked too.
+    expect(keysOf(minimal({ timing: { selfFenceDeadlineMs: 12_000 } }))).toEqual(['timing.leaseTimeoutMs']);
+    expect(keysOf(minimal({ timing: { leaseSafetyMarginMs: 5000 } }))).toEqual(['timing.leaseTimeoutMs']);
+  });
+
+  it('checkTiming names each broken inequality by its key', () => {
+    const with_ = (o: Partial<Timing>) => checkTiming({ ...FAST_TIMING, ...o }).map((p) => p.key);
+    expect(with_({ hostTimeoutMs: 250 })).toContain('timing.hostTimeoutMs');
+    expect(with_({ electionWindowMs: 150 })).toEqual(['timing.electionWindowMs']);
+    expect(with_({ storageCallTimeoutMs: 1000 })).toContain('timing.storageCallTimeoutMs');
+    expect(with_({ slaveIsolationMs: 1000 })).toEqual(['timing.slaveIsolationMs']);
+    expect(checkTiming({ ...FAST_TIMING, leaseTimeoutMs: 1 }, 'x').every((p) => p.key.startsWith('x.'))).toBe(true);
+  });
+
+  it('an unknown timing key (typo) is refused rather than ignored', () => {
+    expect(keysOf(minimal({ timing: { profile: 'fast', hostTimeoutMS: 1000 } }))).toEqual(['timing.hostTimeoutMS']);
+    expect(keysOf(minimal({ timing: { profile: 'slow' } }))).toEqual(['timing.profile']);
+  });
+
+  it('too few retry delays for maxAttempts is refused', () => {
+    expect(keysOf(minimal({ timing: { restartRetryDelaysMs: [1000] } }))).toEqual(['restart.maxAttempts']);
+    expect(validateConfig(minimal({ timing: { restartRetryDelaysMs: [1000] }, restart: { maxAttempts: 2 } })).timing.restartRetryDelaysMs).toEqual([1000]);
+  });
+});
+
+describe('validateConfig refusals', () => {
+  it('a duplicate address:port is refused', () => {
+    const dup = minimal({ hosts: { 'host-1': { address: '10.0.0.1' }, 'host-2': { address: '10.0.0.1' } } });
+    const p = problems(dup);
+    expect(p.map((x) => x.key)).toEqual(['hosts.host-2.address']);
+    expect(p[0]!.problem).toContain('10.0.0.1:8182');
+    expect(p[0]!.problem).toContain('host-1');
+    // Same address, different ports: fine. Explicit port equal to the cluster port: a duplicate.
+    expect(() => validateConfig(minimal({ hosts: { 'host-1': { address: '10.0.0.1' }, 'host-2': { address: '10.0.0.1', port: 8183 } } }))).not.toThrow();
+    expect(keysOf(minimal({ hosts: { 'host-1': { address: '10.0.0.1' }, 'host-2': { address: '10.0.0.1', port: 8182 } } }))).toEqual(['hosts.host-2.address']);
+  });
+
+  it('names each offending key', () => {
+    expect(keysOf(minimal({ colour: 'red' }))).toEqual(['colour']);
+    expect(keysOf(minimal({ hosts: { 'host-1': { address: 'db1.example.com' } } }))).toEqual(['hosts.host-1.address']);
+    expect(keysOf(minimal({ hosts: { server1: { address: '10.0.0.1' } } }))).toEqual(['hosts.server1']);
+    expect(keysOf(minimal({ hosts: { 'host-1': { address: '10.0.0.1', datastores: ['ds1', 'ds7'] } } }))).toEqual(['hosts.host-1.datastores.1']);
+    expect(keysOf(minimal({ hosts: { 'host-1': { address: '10.0.0.1', datastores: ['ds1', 'ds1'] } } }))).toEqual(['hosts.host-1.datastores']);
+    expect(keysOf(minimal({ heartbeatDatastores: ['ds3'] }))).toEqual(['heartbeatDatastores.0']);
+    expect(keysOf(minimal({ secretFile: 'relative/secret' }))).toEqual(['secretFile']);
+    expect(keysOf(minimal({ hosts: {} }))).toEqual(['hosts']);
+    expect(keysOf(minimal({ isolationResponse: 'reboot' }))).toEqual(['isolationResponse']);
+  });
+
+  it('lists every problem at once', () => {
+    const input = minimal({ colour: 'red', timing: { profile: 'fast', hostTimeoutMS: 1 }, hosts: { 'host-1': { address: 'nope' } } });
+    expect(keysOf(input).sort()).toEqual(['colour', 'hosts.host-1.address', 'timing.hostTimeoutMS']);
+    let msg = '';
+    try {
+      validateConfig(input, 'cluster.json');
+    } catch (err) {
+      msg = (err as Error).message;
+    }
+    expect(msg).toMatch(/^cluster\.json: invalid config:/);
+    for (const k of ['colour', 'hosts.host-1.address', 'timing.hostTimeoutMS']) expect(msg).toContain(`  ${k}: `);
+  });
+});
+
+describe('loadConfig and loadSecret', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vigil-unit-config-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('loads and validates a file', () => {
+    const f = join(dir, 'ok.json');
+    writeFileSync(f, JSON.stringify(minimal({ secretFile: join(dir, 'secret'), timing: { profile: 'fast' } })));
+    const c = loadConfig(f);
+    expect(c.cluster).toBe('prod-1');
+    expect(c.timing).toEqual(FAST_TIMING);
+  });
+
+  it('refuses a file that is not JSON, and a missing file, with the file name', () => {
+    const f = join(dir, 'bad.json');
+    writeFileSync(f, '{ "cluster": ');
+    expect(() => loadConfig(f)).toThrow(ConfigError);
+    expect(() => loadConfig(f)).toThrow(/not valid JSON/);
+    expect(() => loadConfig(f)).toThrow(f);
+    expect(() => loadConfig(join(dir, 'absent.json'))).toThrow(/ENOENT/);
+    expect(() => loadConfig(dir)).toThrow(/not a regular file/);
+  });
+
+  it('reads the secret (trimmed), refusing a missing or short one under the key secretFile', () => {
+    const s = join(dir, 'secret');
+    writeFileSync(s, 'x'.repeat(32) + '\n');
+    expect(loadSecret({ secretFile: s }).toString()).toBe('x'.repeat(32));
+    const short = join(dir, 'short');
+    writeFileSync(short, 'abc\n');
+    for (const file of [short, join(dir, 'missing')]) {
+      try {
+        loadSecret({ secretFile: file });
+        throw new Error('accepted');
+      } catch (err) {
+        expect(err).toBeInstanceOf(ConfigError);
+        expect((err as ConfigError).problems.map((p) => p.key)).toEqual(['secretFile']);
+      }
+    }
+  });
+});
+
+describe('heartbeatDatastoresFor', () => {
+  // Mounted by: a 2 hosts, b 4, c 3, d 3, e 3.
+  const cfg: ClusterConfig = validateConfig({
+    cluster: 'c',
+    secretFile: '/s',
+    hosts: {
+      'host-1': { address: '10.0.0.1', datastores: ['a', 'b', 'c', 'd'] },
+      'host-2': { address: '10.0.0.2', datastores: ['d', 'c', 'b'] },
+      'host-3': { address: '10.0.0.3', datastores: ['e', 'd', 'c'] },
+      'host-4': { address: '10.0.0.4', datastores: ['e'] },
+      'host-5': { address: '10.0.0.5', datastores: ['a', 'b'] },
+      'host-6': { address: '10.0.0.6', datastores: ['e', 'b'] },
+    },
+    datastores: { a: '/a', b: '/b', c: '/c', d: '/d', e: '/e' },
+  });
+
+  it('picks the 2 datastores most hosts mount, ties by name, among the host\'s own', () => {
+    expect(heartbeatDatastoresFor(cfg, 'host-1')).toEqual(['b', 'c']); // b 4; c, d 3: c by name
+    expect(heartbeatDatastoresFor(cfg, 'host-2')).toEqual(['b', 'c']);
+    expect(heartbeatDatastoresFor(cfg, 'host-3')).toEqual(['c', 'd']); // c, d, e all 3
+    expect(heartbeatDatastoresFor(cfg, 'host-4')).toEqual(['e']); // it mounts only one
+    expect(heartbeatDatastoresFor(cfg, 'host-5')).toEqual(['b', 'a']); // most-mounted first
+    expect(heartbeatDatastoresFor(cfg, 'host-6')).toEqual(['b', 'e']);
+    expect(heartbeatDatastoresFor(cfg, 'host-99')).toEqual([]);
+  });
+
+  it('with every host mounting everything: the first two names', () => {
+    const all = validateConfig(minimal({ datastores: { z: '/z', ds2: '/2', ds10: '/10' } }));
+    expect(heartbeatDatastoresFor(all, 'host-1')).toEqual(['ds10', 'ds2']); // string order
+  });
+
+  it('configured heartbeat datastores are restricted to the host\'s own', () => {
+    const c = { ...cfg, heartbeatDatastores: ['a', 'e'] };
+    expect(heartbeatDatastoresFor(c, 'host-1')).toEqual(['a']);
+    expect(heartbeatDatastoresFor(c, 'host-2')).toEqual([]);
+    expect(heartbeatDatastoresFor(c, 'host-3')).toEqual(['e']);
+    expect(heartbeatDatastoresFor(c, 'host-5')).toEqual(['a']);
+    expect(heartbeatDatastoresFor(c, 'host-6')).toEqual(['e']);
+    // Through validateConfig as well.
+    const v = validateConfig(minimal({ heartbeatDatastores: ['ds2'], hosts: { 'host-1': { address: '10.0.0.1', datastores: ['ds1'] }, 'host-2': { address: '10.0.0.2' } } }));
+    expect(v.heartbeatDatastores).toEqual(['ds2']);
+    expect(heartbeatDatastoresFor(v, 'host-1')).toEqual([]);
+    expect(heartbeatDatastoresFor(v, 'host-2')).toEqual(['ds2']);
+  });
+});

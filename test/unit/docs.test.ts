@@ -1,0 +1,205 @@
+/**
+ * The documentation must not drift from the code:
+ * - the timing table in docs/configuration.md is what scripts/gen-config-docs.mjs generates;
+ * - every safety inequality listed in docs/configuration.md is still enforced;
+ * - examples/cluster.json is a valid config;
+ * - every CLI command and option is in docs/cli.md, and every top-level command in README.md;
+ * - every field of the documented --json outputs is in docs/cli.md.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { Command } from 'commander';
+import { ConfigError, validateConfig, type ClusterConfig } from '@vigil/config';
+import { Agent, type Datagram, type Logger, type Transport } from '@vigil/agent';
+import { buildProgram } from '@vigil/cli';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const read = (rel: string) => readFileSync(join(ROOT, rel), 'utf8');
+const CLI_BIN = join(ROOT, 'packages/cli/bin/vigil.js');
+
+const tmp = mkdtempSync(join(tmpdir(), 'vigil-docs-test-'));
+afterAll(async () => {
+  // The agent's storage writes may still be settling just after stop(): retry the removal.
+  for (let i = 0; i < 20; i++) {
+    rmSync(tmp, { recursive: true, force: true });
+    await new Promise((r) => setTimeout(r, 50));
+    try {
+      readFileSync(tmp);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    }
+  }
+});
+
+/** The part of a markdown document under `heading` (a full heading line), up to the next heading. */
+function section(doc: string, heading: string): string {
+  const start = doc.split('\n').findIndex((l) => l.trim() === heading);
+  if (start < 0) throw new Error(`heading not found: ${heading}`);
+  const rest = doc.split('\n').slice(start + 1);
+  const end = rest.findIndex((l) => /^#{1,6} /.test(l));
+  return (end < 0 ? rest : rest.slice(0, end)).join('\n');
+}
+
+/** Fields documented as table rows: | `name` | ... */
+function documentedFields(text: string): Set<string> {
+  return new Set([...text.matchAll(/^\| `([A-Za-z]+)` \|/gm)].map((m) => m[1]!));
+}
+
+function missing(keys: Iterable<string>, documented: Set<string>): string[] {
+  return [...keys].filter((k) => !documented.has(k));
+}
+
+describe('docs/configuration.md', () => {
+  it('has an up-to-date timing table (node scripts/gen-config-docs.mjs --check)', () => {
+    const r = spawnSync(process.execPath, [join(ROOT, 'scripts/gen-config-docs.mjs'), '--check'], { encoding: 'utf8' });
+    expect(r.status, `gen-config-docs --check failed:\n${r.stdout}${r.stderr}`).toBe(0);
+  });
+
+  // One violating override per inequality of the "Safety inequalities" table, on the fast profile.
+  const inequalities: { key: string; timing: Record<string, unknown>; problem: RegExp }[] = [
+    { key: 'timing.leaseTimeoutMs', timing: { leaseSafetyMarginMs: 600 }, problem: /selfFenceDeadlineMs .* leaseSafetyMarginMs/ },
+    { key: 'timing.selfFenceDeadlineMs', timing: { storageCallTimeoutMs: 600 }, problem: /storageHeartbeatIntervalMs .* storageCallTimeoutMs/ },
+    { key: 'timing.leaseTimeoutMs', timing: { storageHeartbeatIntervalMs: 800 }, problem: /2 x storageHeartbeatIntervalMs/ },
+    { key: 'timing.hostTimeoutMs', timing: { heartbeatIntervalMs: 400 }, problem: /3 x heartbeatIntervalMs/ },
+    { key: 'timing.electionWindowMs', timing: { electionWindowMs: 150 }, problem: /2 x heartbeatIntervalMs/ },
+    { key: 'timing.storageWatchAfterMs', timing: { storageWatchAfterMs: 1000 }, problem: /< hostTimeoutMs/ },
+    { key: 'timing.deadMs', timing: { deadMs: 1700 }, problem: /storageWatchAfterMs \+ leaseTimeoutMs/ },
+    { key: 'timing.deadMs', timing: { icmpPingTimeoutMs: 900 }, problem: /hostTimeoutMs \+ icmpPingTimeoutMs/ },
+    { key: 'timing.deadNoHeartbeatDatastoreMs', timing: { deadNoHeartbeatDatastoreMs: 1400 }, problem: /hostTimeoutMs \+ icmpPingTimeoutMs/ },
+    { key: 'timing.storageCallTimeoutMs', timing: { storageCallTimeoutMs: 1000 }, problem: /< selfFenceDeadlineMs/ },
+    { key: 'timing.masterIsolationMs', timing: { masterIsolationMs: 150 }, problem: /2 x heartbeatIntervalMs/ },
+    { key: 'timing.slaveIsolationMs', timing: { slaveIsolationMs: 1000 }, problem: /> hostTimeoutMs/ },
+    { key: 'restart.maxAttempts', timing: { restartRetryDelaysMs: [1000] }, problem: /retry delays/ },
+  ];
+
+  it('lists exactly the inequalities that the validator enforces', () => {
+    const table = section(read('docs/configuration.md'), '### Safety inequalities');
+    const rows = table.split('\n').filter((l) => /^\| `(timing|restart)\./.test(l));
+    expect(rows.map((r) => r.match(/^\| `([^`]+)`/)![1])).toEqual(inequalities.map((i) => i.key));
+  });
+
+  it.each(inequalities)('enforces the rule reported under $key ($problem)', ({ key, timing, problem }) => {
+    let err: unknown;
+    try {
+      validateConfig({
+        cluster: 'docs',
+        secretFile: '/etc/vigil/secret',
+        hosts: { 'host-1': { address: '10.0.0.1' } },
+        datastores: {},
+        timing: { profile: 'fast', ...timing },
+      });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    const problems = (err as ConfigError).problems;
+    expect(problems.some((p) => p.key === key && problem.test(p.problem)), JSON.stringify(problems, null, 2)).toBe(true);
+  });
+});
+
+describe('examples/cluster.json', () => {
+  it('is a valid config (the secret file itself is not checked here)', () => {
+    const cfg = validateConfig(JSON.parse(read('examples/cluster.json')), 'examples/cluster.json');
+    expect(cfg.cluster).toBe('prod-a');
+    expect(cfg.port).toBe(8182);
+  });
+
+  it('documents every key of the resolved config printed by `vigil config check --json`', () => {
+    const secret = join(tmp, 'secret');
+    writeFileSync(secret, 'a'.repeat(64) + '\n', { mode: 0o600 });
+    const cfgFile = join(tmp, 'cluster.json');
+    writeFileSync(cfgFile, read('examples/cluster.json').replace('/etc/vigil/secret', secret));
+    const r = spawnSync(process.execPath, [CLI_BIN, 'config', 'check', '--json', cfgFile], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const resolved = JSON.parse(r.stdout) as ClusterConfig;
+    const doc = documentedFields(section(read('docs/cli.md'), '### `config check --json` fields'));
+    expect(missing(Object.keys(resolved), doc)).toEqual([]);
+    const hostText = section(read('docs/cli.md'), '### `config check --json` fields');
+    for (const k of Object.keys(resolved.hosts['host-12']!)) expect(hostText).toContain(`\`${k}\``);
+  });
+});
+
+describe('docs/cli.md and README.md', () => {
+  function leaves(cmd: Command, path: string[] = []): { path: string[]; cmd: Command }[] {
+    const subs = cmd.commands.filter((c) => c.name() !== 'help');
+    if (subs.length === 0) return [{ path, cmd }];
+    return subs.flatMap((c) => leaves(c, [...path, c.name()]));
+  }
+
+  it('documents every command and option', () => {
+    const cli = read('docs/cli.md');
+    const problems: string[] = [];
+    for (const { path, cmd } of leaves(buildProgram())) {
+      const name = `vigil ${path.join(' ')}`;
+      if (!cli.includes(`## \`${name}\``)) problems.push(`no "## \`${name}\`" heading`);
+      for (const o of cmd.options) {
+        if (o.long && !cli.includes(o.long)) problems.push(`${name}: option ${o.long} not mentioned`);
+      }
+    }
+    expect(problems).toEqual([]);
+  });
+
+  it('README lists every top-level command', () => {
+    const readme = read('README.md');
+    const names = buildProgram()
+      .commands.map((c) => c.name())
+      .filter((n) => n !== 'help');
+    expect(names.filter((n) => !readme.includes(`vigil ${n}`))).toEqual([]);
+  });
+
+  it('documents every field of `config profiles --json`', () => {
+    const r = spawnSync(process.execPath, [CLI_BIN, 'config', 'profiles', '--json'], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const rows = JSON.parse(r.stdout) as Record<string, unknown>[];
+    expect(rows.length).toBeGreaterThan(0);
+    const doc = documentedFields(section(read('docs/cli.md'), '### `config profiles --json` fields'));
+    expect(missing(Object.keys(rows[0]!), doc)).toEqual([]);
+  });
+
+  it('documents every field of `status --json` and `hosts --json`', async () => {
+    const ds = join(tmp, 'ds1');
+    mkdirSync(ds, { recursive: true });
+    const config = validateConfig({
+      cluster: 'docs',
+      secretFile: '/unused',
+      hosts: { 'host-1': { address: '127.0.0.1' }, 'host-2': { address: '127.0.0.2' } },
+      datastores: { ds1: ds },
+      timing: { profile: 'fast' },
+    });
+    // No sockets: a transport that drops everything, and a logger that discards.
+    const transport: Transport = {
+      send: () => {},
+      onDatagram: (_h: (d: Datagram) => void) => {},
+      close: async () => {},
+    };
+    const logger: Logger = { log: () => {}, close: async () => {} };
+    const agent = new Agent({
+      config,
+      host: 'host-1',
+      secret: Buffer.from('0123456789abcdef0123456789abcdef'),
+      logger,
+      stateDir: join(tmp, 'state'),
+      socketPath: join(tmp, 'agent.sock'),
+      transport,
+    });
+    await agent.start();
+    try {
+      // Let the first storage heartbeat settle, so stop() does not race its acquisition.
+      for (let i = 0; i < 100 && agent.status().heartbeatsHeld.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+      const cli = read('docs/cli.md');
+      const statusDoc = documentedFields(section(cli, '### `status --json` fields'));
+      expect(missing(Object.keys(agent.status()), statusDoc), 'AgentStatus fields missing from docs/cli.md').toEqual([]);
+      const hostsDoc = documentedFields(section(cli, '### `hosts --json` fields'));
+      const rows = agent.hosts();
+      expect(rows.length).toBe(2);
+      expect(missing(Object.keys(rows[0]!), hostsDoc), 'HostRow fields missing from docs/cli.md').toEqual([]);
+    } finally {
+      await agent.stop('test done');
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  });
+});
