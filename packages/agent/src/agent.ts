@@ -280,7 +280,7 @@ export class Agent {
     switch (req.op) {
       case 'create': {
         const id = await this.vm!.create(req);
-        void this.masterScan();
+        await this.vm!.scanCatalog(String(req.datastore));
         return { message: `created ${id}`, id };
       }
       case 'set': {
@@ -294,6 +294,10 @@ export class Agent {
       case 'stop':
       case 'protect':
       case 'unprotect': {
+        if (!this.core.vmsView().some((v) => v.id === vm || v.name === vm)) {
+          // Created through another host a moment ago? Read the catalogs before answering.
+          for (const ds of this.core.status().datastores) await this.vm!.scanCatalog(ds);
+        }
         const req2 = this.nextReq++;
         const done = new Promise<string>((resolve, reject) => this.pendingReplies.set(req2, { resolve, reject }));
         const cmd = req.op === 'start' && typeof req.host === 'string' ? { op: 'start' as const, vm, host: req.host } : { op: req.op, vm };
@@ -437,7 +441,7 @@ export class Agent {
           setTimeout(() => void this.masterScan(), 0);
         }
         this.role = a.role;
-        this.storage.setRole(a.role);
+        this.storage.setRole(a.role, a.master);
         if (a.generation > this.generation) {
           this.generation = a.generation;
           void this.writeState({ incarnation: this.sequence?.incarnation ?? 0, generation: this.generation });

@@ -58,6 +58,7 @@ export class StorageRuntime {
   private poweron: string | null = null;
   private accessible: string[] = [];
   private role: Role = 'uninitialized';
+  private masterHost: HostId | null = null;
   private watcher: FSWatcher | null = null;
   private timers: NodeJS.Timeout[] = [];
   private sampling = false;
@@ -116,7 +117,8 @@ export class StorageRuntime {
     void this.ensureHeartbeats();
   }
 
-  setRole(role: Role): void {
+  setRole(role: Role, master: HostId | null = null): void {
+    this.masterHost = master;
     const was = this.role;
     this.role = role;
     if (role === 'master' && was !== 'master') this.startWatching();
@@ -344,9 +346,12 @@ export class StorageRuntime {
             })
             .catch((err) => this.noteError(`pl-read:${ds}`, `cannot read the protectedlist lease on ${ds}: ${describeError(err)}`)),
         );
-        if (this.role !== 'master') continue;
+        // The master watches everyone's storage heartbeat; a slave watches its master's, so
+        // that if it becomes master it already knows how long the old one has been silent.
+        if (this.role !== 'master' && this.role !== 'slave') continue;
         for (const [host, h] of Object.entries(this.config.hosts)) {
           if (host === this.host || !h.datastores.includes(ds)) continue;
+          if (this.role === 'slave' && host !== this.masterHost) continue;
           if (!heartbeatDatastoresFor(this.config, host).includes(ds)) continue;
           reads.push(
             this.lease(ds, `${host}-hb`)

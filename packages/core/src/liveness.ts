@@ -14,9 +14,9 @@ export type Liveness =
   | 'dead'
   /** The holder released it cleanly: free at once. */
   | 'released'
-  /** Not enough observation yet (first sighting less than a lease timeout ago, no change seen). */
+  /** Never observed, or not long enough (first sighting less than a lease timeout ago, no change seen). */
   | 'unknown'
-  /** Never seen: nothing there. */
+  /** Observed, and there is no record at all. */
   | 'absent';
 
 interface Track {
@@ -56,7 +56,7 @@ export class ChangeTracker {
 
   state(key: string, now: number): Liveness {
     const t = this.tracks.get(key);
-    if (!t) return 'absent';
+    if (!t) return 'unknown';
     if (t.released) return 'released';
     if (t.value === null) return t.changedEver ? 'dead' : 'absent';
     const quiet = now - t.lastChange;

@@ -83,7 +83,12 @@ export interface VmView {
   priority: Priority;
   restarts: number;
   attempts: number;
-  state: 'running' | 'stopped' | 'restarting' | 'waiting' | 'failed' | 'starting';
+  /**
+   * running: on a connected host; unconfirmed: listed by a host the master cannot reach (not
+   * dead: never restarted); waiting: protected, not running, restart pending a condition;
+   * restarting / starting: power-on in flight; failed: gave up; stopped: not running, unprotected.
+   */
+  state: 'running' | 'unconfirmed' | 'stopped' | 'restarting' | 'waiting' | 'failed' | 'starting';
   detail: string | null;
 }
 
@@ -533,6 +538,7 @@ export class VmManager {
     for (const t of this.tracks.values()) if (t.pending) inflight.set(t.pending.host, (inflight.get(t.pending.host) ?? 0) + 1);
 
     const candidates: { vm: string; why: string; spec: CatalogVm }[] = [];
+    let judging = Infinity; // best priority rank among VMs whose lease is not judged yet
     for (const vm of this.protectedSet) {
       if (!this.owned.has(vmDatastore(vm))) continue;
       const t = this.track(vm);
@@ -561,12 +567,28 @@ export class VmManager {
       const lease = this.leases.state(vm, now);
       if (lease === 'alive' || lease === 'unknown') {
         this.waiting(t, vm, lease === 'alive' ? 'its lease is still renewed elsewhere' : 'watching its lease (not yet judged)');
+        if (lease === 'unknown') judging = Math.min(judging, PRIORITY_RANK[spec.priority]);
         continue;
       }
       candidates.push({ vm, why, spec });
     }
     candidates.sort((a, b) => PRIORITY_RANK[a.spec.priority] - PRIORITY_RANK[b.spec.priority] || (a.vm < b.vm ? -1 : 1));
+    // Priority order: while a higher-priority VM's lease is still being judged, or its restart
+    // is in flight, lower-priority VMs wait (FDM: a pending high-priority power-on blocks lower ones).
+    for (const [vm, t] of this.tracks) {
+      if (t.pending?.kind !== 'restart') continue;
+      const p = this.catalog.get(vm)?.priority;
+      if (p) judging = Math.min(judging, PRIORITY_RANK[p]);
+    }
+    while (candidates.length > 0 && PRIORITY_RANK[candidates[candidates.length - 1]!.spec.priority] > judging) {
+      const c = candidates.pop()!;
+      this.waiting(this.track(c.vm), c.vm, 'a higher-priority VM goes first');
+    }
     for (const c of candidates) {
+      if (PRIORITY_RANK[c.spec.priority] > judging) {
+        this.waiting(this.track(c.vm), c.vm, 'a higher-priority VM goes first');
+        continue;
+      }
       const t = this.track(c.vm);
       const host = this.place(c.spec, hosts, t.preferHost, inflight);
       if (!host) {
@@ -578,6 +600,7 @@ export class VmManager {
       t.wantRestart = c.why;
       t.waitingLogged = null;
       inflight.set(host, (inflight.get(host) ?? 0) + 1);
+      judging = Math.min(judging, PRIORITY_RANK[c.spec.priority]);
       this.log('info', 'vm.restarting', `restarting ${c.vm} on ${host}: ${c.why} (priority ${c.spec.priority})`, { vm: c.vm, host, reason: c.why, priority: c.spec.priority, attempt: t.attempts + 1 });
       this.out.push({ type: 'vmPowerOn', host, vm: c.vm, req, takeover: this.takeoverOf(c.vm, now) });
     }
@@ -649,22 +672,29 @@ export class VmManager {
       const prot = this.protectedSet.has(id);
       let state: VmView['state'] = host ? 'running' : 'stopped';
       let detail: string | null = null;
+      const hostState = host ? (host === this.opts.self ? 'self' : this.hostStates.get(host)) : undefined;
+      const live = hostState === 'self' || hostState === 'connected';
+      if (host && !live) {
+        // Listed by a host the master cannot see: not confirmed running (and never if dead).
+        state = hostState === 'dead' ? (prot ? 'waiting' : 'stopped') : 'unconfirmed';
+        detail = `${host} is ${hostState ?? 'unknown'}`;
+      }
       if (t?.failed) {
         state = 'failed';
         detail = t.lastError;
       } else if (t?.pending && t.pending.kind !== 'stop') {
         state = t.pending.kind === 'restart' ? 'restarting' : 'starting';
         detail = `on ${t.pending.host}`;
-      } else if (!host && prot) {
+      } else if ((!host || hostState === 'dead') && prot) {
         state = 'waiting';
-        detail = t?.waitingLogged ?? t?.wantRestart ?? null;
+        detail = t?.waitingLogged ?? t?.wantRestart ?? detail;
       }
       void now;
       return {
         id,
         name: spec?.name ?? id.slice(id.lastIndexOf('/') + 1).replace(/\.json$/, ''),
-        host,
-        power: host ? 'on' : 'off',
+        power: host && hostState !== 'dead' ? 'on' : 'off',
+        host: host && hostState !== 'dead' ? host : null,
         protected: prot,
         priority: spec?.priority ?? 'medium',
         restarts: t?.restarts ?? 0,

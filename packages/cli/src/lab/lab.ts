@@ -15,6 +15,11 @@ import { labAddress, labPaths, type LabPaths } from './layout.js';
 
 export const VIGIL_BIN = fileURLToPath(new URL('../../bin/vigil.js', import.meta.url));
 
+/** argv[0] of a lab VM process: `pgrep -f` on it counts the copies of a VM. */
+export function labVmTag(dir: string, name: string): string {
+  return `vigil-lab-vm:${dir}:${name}`;
+}
+
 export interface LabOptions {
   dir: string;
   hosts: number;
@@ -242,6 +247,47 @@ export class Lab {
       if (Date.now() > deadline) return null;
       await new Promise((r) => setTimeout(r, 100));
     }
+  }
+
+  /**
+   * Create `count` process-driver VMs (names vm-1...; datastores round-robin; priorities cycle
+   * through high/medium/low) and start them through the master, which places and protects them.
+   * Each VM is a `sleep` whose argv[0] is `vigil-lab-vm:<lab dir>:<name>`, so processes can be
+   * counted with `pgrep -f`. Returns the VM names.
+   */
+  async createVms(count: number, opts: { via?: string; concurrency?: number; memoryMB?: number; priorities?: string[] } = {}): Promise<string[]> {
+    const s = await this.requireState();
+    const cfg = JSON.parse(await readFile(this.paths.config, 'utf8')) as { datastores: Record<string, string> };
+    const dsNames = Object.keys(cfg.datastores);
+    const via = opts.via ?? s.hosts.find((h) => this.alive(s.pids[h])) ?? s.hosts[0]!;
+    const socket = this.paths.socket(via);
+    const prios = opts.priorities ?? ['high', 'medium', 'low'];
+    const names = Array.from({ length: count }, (_, i) => `vm-${i + 1}`);
+    for (const [i, name] of names.entries()) {
+      await controlRequest(
+        socket,
+        {
+          cmd: 'vm',
+          op: 'create',
+          datastore: dsNames[i % dsNames.length],
+          name,
+          command: 'bash',
+          args: ['-c', `exec -a ${labVmTag(this.dir, name)} sleep 2147483647`],
+          memoryMB: opts.memoryMB ?? 64,
+          cpus: 1,
+          priority: prios[i % prios.length],
+        },
+        30_000,
+      );
+    }
+    const queue = [...names];
+    const worker = async () => {
+      for (let name = queue.shift(); name; name = queue.shift()) {
+        await controlRequest(socket, { cmd: 'vm', op: 'start', vm: name }, 120_000);
+      }
+    };
+    await Promise.all(Array.from({ length: opts.concurrency ?? 8 }, worker));
+    return names;
   }
 
   /** Last lines of a host's agent log. */
