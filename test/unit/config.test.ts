@@ -11,6 +11,7 @@ import type { Timing } from '@vigil/core';
 import {
   ConfigError,
   DEFAULT_TIMING,
+  canonicalAddress,
   FAST_TIMING,
   PROFILES,
   checkTiming,
@@ -192,6 +193,61 @@ describe('validateConfig refusals', () => {
   });
 });
 
+describe('addresses: one canonical form', () => {
+  it('canonicalAddress: IPv4 unchanged, IPv6 in RFC 5952 form, IPv4-mapped IPv6 to its IPv4', () => {
+    expect(canonicalAddress('10.0.0.1')).toBe('10.0.0.1');
+    expect(canonicalAddress('::1')).toBe('::1');
+    expect(canonicalAddress('0:0:0:0:0:0:0:1')).toBe('::1');
+    expect(canonicalAddress('FE80:0000:0:0::0001')).toBe('fe80::1');
+    expect(canonicalAddress('2001:DB8:0:0:1:0:0:1')).toBe('2001:db8::1:0:0:1');
+    // What a dual-stack socket reports for an IPv4 sender, in either spelling.
+    expect(canonicalAddress('::ffff:10.0.0.1')).toBe('10.0.0.1');
+    expect(canonicalAddress('::FFFF:a00:1')).toBe('10.0.0.1');
+    expect(canonicalAddress('fe80::0001%eth0')).toBe('fe80::1%eth0');
+    expect(canonicalAddress('not an address')).toBe('not an address');
+  });
+
+  it('host and isolation addresses are stored canonically', () => {
+    const c = validateConfig(
+      minimal({
+        isolationAddresses: ['2001:DB8::0:1', '10.0.0.254'],
+        hosts: { 'host-1': { address: '0:0:0:0:0:0:0:1', isolationAddresses: ['FE80::1'] }, 'host-2': { address: '10.0.0.2' } },
+      }),
+    );
+    expect(c.hosts['host-1']!.address).toBe('::1');
+    expect(c.hosts['host-1']!.isolationAddresses).toEqual(['fe80::1']);
+    expect(c.hosts['host-2']!.address).toBe('10.0.0.2');
+    expect(c.isolationAddresses).toEqual(['2001:db8::1', '10.0.0.254']);
+  });
+
+  it('the duplicate check sees through different spellings of one IPv6 address', () => {
+    const p = problems(minimal({ hosts: { 'host-1': { address: '::1' }, 'host-2': { address: '0:0:0:0:0:0:0:1' } } }));
+    expect(p.map((x) => x.key)).toEqual(['hosts.host-2.address']);
+    expect(p[0]!.problem).toContain('host-1');
+    expect(keysOf(minimal({ hosts: { 'host-1': { address: '2001:db8::1' }, 'host-2': { address: '2001:DB8:0::0:1' } } }))).toEqual(['hosts.host-2.address']);
+  });
+
+  it('IPv4-mapped IPv6 addresses are refused, naming the IPv4 form', () => {
+    const p = problems(minimal({ isolationAddresses: ['::ffff:10.0.0.254'], hosts: { 'host-1': { address: '::ffff:10.0.0.1' }, 'host-2': { address: '10.0.0.2' } } }));
+    expect(p.map((x) => x.key).sort()).toEqual(['hosts.host-1.address', 'isolationAddresses.0']);
+    expect(p.find((x) => x.key === 'hosts.host-1.address')!.problem).toContain('10.0.0.1');
+  });
+});
+
+describe('problems with record keys', () => {
+  it('a bad host id or datastore name reports the rule and the key, not "Invalid key in record"', () => {
+    const p = problems(minimal({ hosts: { server1: { address: '10.0.0.1' } }, datastores: { 'bad name': '/mnt/x' } }));
+    expect(p.map((x) => x.key).sort()).toEqual(['datastores.bad name', 'hosts.server1']);
+    const host = p.find((x) => x.key === 'hosts.server1')!.problem;
+    expect(host).toContain('"server1"');
+    expect(host).toContain('host ids have the form host-N');
+    const ds = p.find((x) => x.key === 'datastores.bad name')!.problem;
+    expect(ds).toContain('"bad name"');
+    expect(ds).toContain('datastore names are 1-64');
+    for (const x of p) expect(x.problem).not.toMatch(/Invalid key in record/);
+  });
+});
+
 describe('loadConfig and loadSecret', () => {
   const dir = mkdtempSync(join(tmpdir(), 'vigil-unit-config-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -211,7 +267,32 @@ describe('loadConfig and loadSecret', () => {
     expect(() => loadConfig(f)).toThrow(/not valid JSON/);
     expect(() => loadConfig(f)).toThrow(f);
     expect(() => loadConfig(join(dir, 'absent.json'))).toThrow(/ENOENT/);
+    expect(() => loadConfig(join(dir, 'absent.json'))).not.toThrow(/ENOENT: ENOENT/);
     expect(() => loadConfig(dir)).toThrow(/not a regular file/);
+  });
+
+  it('secret problems are reported under the config file that names the secret', () => {
+    const f = join(dir, 'no-secret.json');
+    const missing = join(dir, 'no-such-secret');
+    writeFileSync(f, JSON.stringify(minimal({ secretFile: missing })));
+    const c = loadConfig(f);
+    let msg = '';
+    try {
+      loadSecret(c);
+    } catch (err) {
+      msg = (err as Error).message;
+    }
+    expect(msg).toMatch(new RegExp(`^${f.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: invalid config:`));
+    expect(msg).toContain(`secretFile: cannot read ${missing}: ENOENT: no such file`);
+    expect(msg).not.toContain('ENOENT: ENOENT');
+    // An explicit source wins; a bare object falls back to "config".
+    expect(() => loadSecret(c, 'elsewhere.json')).toThrow(/^elsewhere\.json: invalid config/);
+    expect(() => loadSecret({ secretFile: missing })).toThrow(/^config: invalid config/);
+  });
+
+  it('the timing override in the header of profiles.ts is valid', () => {
+    // "timing": { "profile": "fast", "electionWindowMs": 3000 }
+    expect(validateConfig(minimal({ timing: { profile: 'fast', electionWindowMs: 3000 } })).timing.electionWindowMs).toBe(3000);
   });
 
   it('reads the secret (trimmed), refusing a missing or short one under the key secretFile', () => {

@@ -68,6 +68,7 @@ export interface HostRow {
   storageHeartbeat: 'alive' | 'dead' | 'unknown';
   isolated: boolean | null;
   vms: number | null;
+  maintenance: boolean;
 }
 
 export class Agent {
@@ -217,6 +218,7 @@ export class Agent {
       storageHeartbeat: v.storageHeartbeat,
       isolated: v.isolated,
       vms: v.vms,
+      maintenance: v.maintenance,
     }));
   }
 
@@ -232,6 +234,7 @@ export class Agent {
       storageHeartbeat: held.length > 0 ? 'alive' : heartbeatDatastoresFor(this.config, this.host).length === 0 ? 'unknown' : 'dead',
       isolated: this.role === 'isolated',
       vms: this.vm ? this.vm.driver.list().length : 0,
+      maintenance: v.maintenance,
     };
   }
 
@@ -253,6 +256,7 @@ export class Agent {
         }
         return this.toMaster(req);
       case 'vms':
+      case 'maintenance':
         return this.toMaster(req);
       default:
         throw new Error(`unknown command "${req.cmd}"`);
@@ -275,6 +279,14 @@ export class Agent {
 
   private async onMasterRequest(req: Record<string, unknown>): Promise<unknown> {
     if (req.cmd === 'vms') return { master: this.host, vms: this.core.vmsView() };
+    if (req.cmd === 'maintenance') {
+      const host = String(req.host ?? '');
+      if (!this.config.hosts[host]) throw new Error(`unknown host ${host} (hosts: ${Object.keys(this.config.hosts).join(', ')})`);
+      const r = this.nextReq++;
+      const done = new Promise<string>((resolve, reject) => this.pendingReplies.set(r, { resolve, reject }));
+      this.feed({ type: 'maintenanceCommand', now: this.clock.now(), req: r, host, enter: req.enter === true, evacuate: req.evacuate === true });
+      return { message: await done };
+    }
     if (req.cmd !== 'vm') throw new Error(`unknown request "${String(req.cmd)}"`);
     const vm = typeof req.vm === 'string' ? req.vm : '';
     switch (req.op) {

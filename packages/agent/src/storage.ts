@@ -155,6 +155,9 @@ export class StorageRuntime {
         }
         return true;
       }
+      case 'writeMaintenance':
+        for (const ds of this.plLeases.keys()) void this.writeMaintenance(ds, a.hosts);
+        return true;
       case 'writeRestartQueue':
         void this.writeRestartQueue(a.datastore, a.entries);
         return true;
@@ -240,6 +243,28 @@ export class StorageRuntime {
       if (m && isVmId(m[1]!)) entries.push({ vm: m[1]!, attempts: Number(m[2]), failed: m[3] === '1' });
     }
     this.opts.feed({ type: 'restartQueue', now: this.clock.now(), datastore: ds, entries });
+  }
+
+  /** The hosts in maintenance mode, one per line (`maintenance`), on every datastore this master owns. */
+  private async writeMaintenance(ds: string, hosts: string[]): Promise<void> {
+    if (!this.plLeases.get(ds)?.held || !this.keeper.valid(plKey(ds))) return;
+    const file = join(this.dir(ds), 'maintenance');
+    await writeFileAtomic(file, ['# vigil hosts in maintenance mode', ...hosts].join('\n') + '\n', this.config.timing.storageCallTimeoutMs).catch((err) =>
+      this.noteError(`maintenance:${ds}`, `could not write ${file}: ${describeError(err)}`),
+    );
+  }
+
+  /** Read the maintenance file of the first accessible datastore that has one. */
+  private async readMaintenance(): Promise<void> {
+    for (const ds of [...this.accessible].sort()) {
+      const file = join(this.dir(ds), 'maintenance');
+      const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8')).catch(() => null);
+      if (text === null) continue;
+      const hosts = text.split('\n').filter((l) => /^host-[0-9]{1,9}$/.test(l));
+      this.opts.feed({ type: 'maintenanceSample', now: this.clock.now(), hosts });
+      return;
+    }
+    this.opts.feed({ type: 'maintenanceSample', now: this.clock.now(), hosts: [] });
   }
 
   /** Read everything the master follows, now. */
@@ -431,6 +456,7 @@ export class StorageRuntime {
   /** Fallback for filesystems that drop change events, and repair of what this host owns. */
   private async rescan(): Promise<void> {
     if (this.stopped) return;
+    await this.readMaintenance();
     // Own poweron files: rewrite any copy that is missing, corrupt or different.
     for (const ds of this.hbDatastores) {
       if (!this.accessible.includes(ds) || this.poweron === null) continue;

@@ -8,6 +8,7 @@ import { registerStatus } from './commands/status.js';
 import { registerConfig } from './commands/config.js';
 import { registerLab } from './commands/lab.js';
 import { registerVm } from './commands/vm.js';
+import { registerHost } from './commands/host.js';
 import { registerDatastore } from './commands/datastore.js';
 import { CliError, EXIT_FAILURE, EXIT_USAGE } from './errors.js';
 
@@ -21,13 +22,35 @@ export function buildProgram(): Command {
   registerStatus(program);
   registerConfig(program);
   registerVm(program);
+  registerHost(program);
   registerLab(program);
   registerDatastore(program);
   for (const c of program.commands) c.exitOverride();
   return program;
 }
 
+/** The command being run (first argument that is not an option), e.g. "agent". */
+function commandOf(argv: string[]): string | undefined {
+  return argv.slice(2).find((a) => !a.startsWith('-'));
+}
+
+/**
+ * `vigil ... | head`: once the reader goes away, writes fail with EPIPE. That is not an error
+ * of the command: stop quietly with exit 0 (as `cat` does with SIGPIPE, minus the signal).
+ * The agent is different: it must keep running when nobody reads its stdout, so there the lost
+ * output is dropped (the log file, if any, still gets it).
+ */
+export function handleEpipe(streams: NodeJS.WriteStream[], exitOnEpipe: boolean): void {
+  for (const s of streams) {
+    s.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') throw err;
+      if (exitOnEpipe) process.exit(process.exitCode && process.exitCode !== 0 ? process.exitCode : 0);
+    });
+  }
+}
+
 export async function main(argv: string[]): Promise<void> {
+  handleEpipe([process.stdout, process.stderr], commandOf(argv) !== 'agent');
   const program = buildProgram();
   try {
     await program.parseAsync(argv);

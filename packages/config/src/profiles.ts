@@ -1,8 +1,9 @@
 /**
  * Timing profiles. `default` carries FDM's values; `fast` is about 1/10 of them, for the lab and
- * tests. Each field says what it trades off. Any field can be overridden per cluster in
- * `timing: { "profile": "fast", "hostTimeoutMs": 1500 }`; the loader then re-checks the safety
- * inequalities (validate.ts).
+ * tests. Each field says what it trades off. Any field can be overridden per cluster, e.g.
+ * `timing: { "profile": "fast", "electionWindowMs": 3000 }`; the loader then re-checks the safety
+ * inequalities (validate.ts), so an override that breaks one is refused (raising hostTimeoutMs
+ * alone, for instance, also needs deadMs and deadNoHeartbeatDatastoreMs raised).
  */
 import type { Timing } from '@vigil/core';
 
@@ -43,7 +44,7 @@ export const TIMING_DOCS: Record<keyof Timing, FieldDoc> = {
   },
   deadMs: {
     what: 'Network silence after which a host whose storage heartbeat stopped is declared dead and its VMs are restarted (FDM: T+18 s).',
-    tradeOff: 'Shorter restarts sooner; must leave time to see at least a few storage renewals fail (> storageWatchAfterMs + leaseTimeoutMs).',
+    tradeOff: 'Shorter restarts sooner; must leave time to see at least a few storage renewals fail (>= storageWatchAfterMs + leaseTimeoutMs).',
   },
   storageHeartbeatIntervalMs: {
     what: 'Period at which a host renews its host-N-hb heartbeat and, through it, all its VM leases (FDM NFS: 5 s).',

@@ -7,16 +7,42 @@ import type { z } from 'zod';
 import { configSchema } from './schema.js';
 import { PROFILES, type ProfileName } from './profiles.js';
 import { ConfigError, type ClusterConfig, type ConfigProblem, type HostConfig, type IsolationResponse } from './types.js';
+import { canonicalAddress, ipv4Mapped } from './address.js';
+
+/** Where each validated config came from (file name), for messages about it later (loadSecret). */
+const SOURCES = new WeakMap<object, string>();
+
+/** The source (file name) a config was validated from, if known. */
+export function configSource(config: object): string | undefined {
+  return SOURCES.get(config);
+}
 
 function formatPath(path: readonly PropertyKey[]): string {
   return path.map((p) => String(p)).join('.');
+}
+
+/** The messages of nested issues (a record key's, a union member's), deduplicated. */
+function nestedMessages(issues: readonly { message: string; issues?: unknown }[]): string[] {
+  const out: string[] = [];
+  for (const i of issues) {
+    const sub = Array.isArray(i.issues) ? nestedMessages(i.issues as { message: string; issues?: unknown }[]) : [];
+    for (const m of sub.length > 0 ? sub : [i.message]) if (!out.includes(m)) out.push(m);
+  }
+  return out;
 }
 
 function zodProblems(error: z.ZodError): ConfigProblem[] {
   const out: ConfigProblem[] = [];
   for (const issue of error.issues) {
     const base = formatPath(issue.path);
-    if (issue.code === 'unrecognized_keys') {
+    if (issue.code === 'invalid_key') {
+      // A bad record key (host id, datastore name): the path ends with the key itself. Report
+      // the key's own rule, not zod's "Invalid key in record".
+      const key = issue.path[issue.path.length - 1];
+      const what = issue.path.length === 2 && issue.path[0] === 'hosts' ? 'host id' : issue.path.length === 2 && issue.path[0] === 'datastores' ? 'datastore name' : 'key';
+      const why = nestedMessages(issue.issues).join('; ') || issue.message;
+      out.push({ key: base, problem: `invalid ${what} ${JSON.stringify(String(key))}: ${why}` });
+    } else if (issue.code === 'unrecognized_keys') {
       for (const k of issue.keys) out.push({ key: base ? `${base}.${k}` : k, problem: 'unknown key' });
     } else if (issue.code === 'invalid_type' && issue.input === undefined) {
       out.push({ key: base, problem: 'is required' });
@@ -96,13 +122,26 @@ export function validateConfig(input: unknown, source = 'config'): ClusterConfig
   const problems: ConfigProblem[] = [];
   const dsNames = Object.keys(raw.datastores);
 
+  /**
+   * Addresses in one canonical form (canonicalAddress), so `::1` and `0:0:0:0:0:0:0:1` are one
+   * address for the duplicate check and for matching the source of datagrams. IPv4-mapped IPv6
+   * forms are refused: the IPv4 form is the one a datagram's source address has.
+   */
+  const address = (a: string, key: string): string => {
+    const v4 = ipv4Mapped(a);
+    if (v4 !== null) problems.push({ key, problem: `${a} is an IPv4-mapped IPv6 address: write the IPv4 address ${v4}` });
+    return canonicalAddress(a);
+  };
+  const addresses = (list: readonly string[] | undefined, key: string): string[] => (list ?? []).map((a, i) => address(a, `${key}.${i}`));
+
   const hosts: Record<string, HostConfig> = {};
   const endpoints = new Map<string, string>();
   for (const [id, h] of Object.entries(raw.hosts)) {
     const port = h.port ?? raw.port;
-    const endpoint = `${h.address}:${port}`;
+    const addr = address(h.address, `hosts.${id}.address`);
+    const endpoint = addr.includes(':') ? `[${addr}]:${port}` : `${addr}:${port}`;
     const other = endpoints.get(endpoint);
-    if (other) problems.push({ key: `hosts.${id}.address`, problem: `${endpoint} is also used by ${other}` });
+    if (other) problems.push({ key: `hosts.${id}.address`, problem: `${endpoint} is also used by ${other}${h.address !== addr ? ` (${h.address} is ${addr})` : ''}` });
     endpoints.set(endpoint, id);
     const datastores = h.datastores ?? dsNames;
     h.datastores?.forEach((d, i) => {
@@ -110,10 +149,10 @@ export function validateConfig(input: unknown, source = 'config'): ClusterConfig
     });
     if (new Set(datastores).size !== datastores.length) problems.push({ key: `hosts.${id}.datastores`, problem: 'lists a datastore twice' });
     hosts[id] = {
-      address: h.address,
+      address: addr,
       port,
       datastores: [...datastores],
-      isolationAddresses: h.isolationAddresses ?? [],
+      isolationAddresses: addresses(h.isolationAddresses, `hosts.${id}.isolationAddresses`),
       ...(h.capacity ? { capacity: h.capacity } : {}),
     };
   }
@@ -138,15 +177,17 @@ export function validateConfig(input: unknown, source = 'config'): ClusterConfig
     });
   }
 
+  const isolationAddresses = addresses(raw.isolationAddresses, 'isolationAddresses');
+
   if (problems.length > 0) throw new ConfigError(source, problems);
-  return {
+  const config: ClusterConfig = {
     cluster: raw.cluster,
     secretFile: raw.secretFile,
     port: raw.port,
     hosts,
     datastores: { ...raw.datastores },
     heartbeatDatastores: raw.heartbeatDatastores ? [...raw.heartbeatDatastores] : null,
-    isolationAddresses: raw.isolationAddresses ?? [],
+    isolationAddresses,
     pingHosts: raw.pingHosts,
     isolationResponse: raw.isolationResponse as IsolationResponse,
     driver: raw.driver,
@@ -155,6 +196,8 @@ export function validateConfig(input: unknown, source = 'config'): ClusterConfig
     restart: raw.restart,
     log: raw.log,
   };
+  SOURCES.set(config, source);
+  return config;
 }
 
 /**

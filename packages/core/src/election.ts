@@ -41,6 +41,7 @@ interface Peer {
   datastores: number;
   /** What the peer last told us about itself. */
   lastRole: 'election' | 'master' | 'slave' | null;
+  maintenance: boolean;
 }
 
 export interface ElectionStatus {
@@ -61,6 +62,9 @@ export class Election {
   private generation: number;
   private datastores: string[] = [];
   private readonly peers = new Map<HostId, Peer>();
+  private maintenance = false;
+  /** Generation of the master this slave follows, from its heartbeats. */
+  private masterGeneration = 0;
   private readonly capacities = new Map<HostId, { memoryMB: number; cpus: number }>();
   private electionStartedAt = 0;
   private electionOutcomeLogged: HostId | null = null;
@@ -76,7 +80,7 @@ export class Election {
     this.generation = opts.generation ?? 0;
     this.capacity = opts.capacity ?? { memoryMB: 0, cpus: 0 };
     for (const h of this.others) {
-      this.peers.set(h, { lastHeard: -Infinity, lastElection: -Infinity, lastSlaveHeartbeat: -Infinity, datastores: 0, lastRole: null });
+      this.peers.set(h, { lastHeard: -Infinity, lastElection: -Infinity, lastSlaveHeartbeat: -Infinity, datastores: 0, lastRole: null, maintenance: false });
     }
   }
 
@@ -96,7 +100,22 @@ export class Election {
   }
 
   get myRank(): Rank {
-    return { host: this.self, datastores: this.datastores.length };
+    return { host: this.self, datastores: this.datastores.length, maintenance: this.maintenance };
+  }
+
+  /**
+   * Maintenance mode of this host (from the cluster's maintenance file). A master entering it
+   * hands over through an election in which it stands as a maintenance host.
+   */
+  setMaintenance(on: boolean, now: number): CoreAction[] {
+    this.now = now;
+    this.out = [];
+    if (on === this.maintenance) return this.out;
+    this.maintenance = on;
+    this.log('info', on ? 'maintenance.entered' : 'maintenance.exited', `this host ${on ? 'entered' : 'left'} maintenance mode`, {});
+    // Its slaves hear its election messages and elect too; it stands as a maintenance host.
+    if (on && this.role === 'master') this.startElection('entering maintenance mode: handing the master role over');
+    return this.out;
   }
 
   step(ev: CoreEvent): CoreAction[] {
@@ -141,17 +160,23 @@ export class Election {
       case 'election':
         peer.lastElection = this.now;
         peer.datastores = msg.datastores;
+        peer.maintenance = msg.maintenance;
         peer.lastRole = 'election';
         if (this.role === 'master') {
           // A joining or re-electing host: tell it at once that a master exists.
           this.send(from, this.masterHeartbeat());
+        } else if (this.role === 'slave' && from === this.master && msg.generation >= this.masterGeneration) {
+          // Our master gave up its role (maintenance): elect now rather than after hostTimeout.
+          // (An election message it sent before it became master carries an older generation.)
+          this.startElection(`master ${from} started an election`);
         }
         break;
       case 'masterHeartbeat':
         peer.datastores = msg.datastores;
         peer.lastRole = 'master';
         if (msg.generation > this.generation && this.role !== 'master') this.generation = msg.generation;
-        this.onMasterHeartbeat(from, msg.datastores, msg.generation);
+        peer.maintenance = msg.maintenance;
+        this.onMasterHeartbeat(from, msg.datastores, msg.generation, msg.maintenance);
         break;
       case 'slaveHeartbeat':
         peer.datastores = msg.datastores;
@@ -174,7 +199,7 @@ export class Election {
     }
   }
 
-  private onMasterHeartbeat(from: HostId, datastores: number, generation: number): void {
+  private onMasterHeartbeat(from: HostId, datastores: number, generation: number, maintenance: boolean): void {
     switch (this.role) {
       case 'uninitialized':
         return; // not ready: we have not probed our datastores yet
@@ -186,13 +211,16 @@ export class Election {
           masterDatastores: datastores,
           generation,
         });
-        this.becomeSlave(from, true);
+        this.becomeSlave(from, true, generation);
         return;
       case 'slave':
-        if (from === this.master) this.masterLastHeard = this.now;
+        if (from === this.master) {
+          this.masterLastHeard = this.now;
+          this.masterGeneration = generation;
+        }
         return; // another partition's master: our master resolves the merge
       case 'master': {
-        const them: Rank = { host: from, datastores };
+        const them: Rank = { host: from, datastores, maintenance };
         if (beats(them, this.myRank)) {
           this.log('warn', 'master.abdicated', `abdicating to master ${from}: ${reason(them, this.myRank)}`, {
             survivor: from,
@@ -200,7 +228,7 @@ export class Election {
             slaves: this.currentSlaves(),
           });
           for (const s of this.currentSlaves()) if (s !== from) this.send(s, { type: 'abdicate', to: from });
-          this.becomeSlave(from, true);
+          this.becomeSlave(from, true, generation);
         } else {
           // We survive: make sure the other master hears us promptly so it abdicates.
           this.send(from, this.masterHeartbeat());
@@ -218,7 +246,7 @@ export class Election {
         return;
       case 'election':
       case 'isolated': {
-        if (due) this.broadcast({ type: 'election', datastores: this.datastores.length });
+        if (due) this.broadcast(this.electionMsg());
         if (this.role === 'election' && this.now - this.electionStartedAt >= this.timing.electionWindowMs) this.decide();
         return;
       }
@@ -264,7 +292,7 @@ export class Election {
     const candidates: Rank[] = [this.myRank];
     for (const [host, p] of this.peers) {
       if (this.now - p.lastElection <= alive) {
-        candidates.push({ host, datastores: p.datastores });
+        candidates.push({ host, datastores: p.datastores, maintenance: p.maintenance });
       }
     }
     const winner = best(candidates)!;
@@ -304,12 +332,13 @@ export class Election {
       wasMaster,
     });
     this.emitRole();
-    this.broadcast({ type: 'election', datastores: this.datastores.length });
+    this.broadcast(this.electionMsg());
   }
 
-  private becomeSlave(master: HostId, announce: boolean): void {
+  private becomeSlave(master: HostId, announce: boolean, generation = 0): void {
     this.role = 'slave';
     this.master = master;
+    this.masterGeneration = generation;
     this.masterLastHeard = this.now;
     this.emitRole();
     if (announce) {
@@ -327,6 +356,10 @@ export class Election {
     return out;
   }
 
+  private electionMsg(): Message {
+    return { type: 'election', datastores: this.datastores.length, maintenance: this.maintenance, generation: this.generation };
+  }
+
   private slaveHeartbeat(master: HostId): Message {
     return { type: 'slaveHeartbeat', datastores: this.datastores.length, master, memoryMB: this.capacity.memoryMB, cpus: this.capacity.cpus };
   }
@@ -337,7 +370,7 @@ export class Election {
   }
 
   private masterHeartbeat(): Message {
-    return { type: 'masterHeartbeat', datastores: this.datastores.length, generation: this.generation };
+    return { type: 'masterHeartbeat', datastores: this.datastores.length, maintenance: this.maintenance, generation: this.generation };
   }
 
   private broadcast(msg: Message): void {

@@ -47,6 +47,10 @@ export type CoreEvent =
   | { type: 'vmLeaseSample'; now: number; vm: string; record: LeaseRecordView | null; lockExists: boolean }
   /** Master: restart state found on disk when it took a protectedlist. */
   | { type: 'restartQueue'; now: number; datastore: string; entries: { vm: string; attempts: number; failed: boolean }[] }
+  /** Every host: the hosts in maintenance mode, as the `maintenance` file on a datastore says. */
+  | { type: 'maintenanceSample'; now: number; hosts: HostId[] }
+  /** Master: `vigil host maintenance enter|exit HOST [--evacuate]`. */
+  | { type: 'maintenanceCommand'; now: number; req: number; host: HostId; enter: boolean; evacuate: boolean }
   /** Master: a VM operation from the CLI (any host forwards to the master). */
   | { type: 'command'; now: number; req: number; cmd: VmCommand }
   /** Outcome of a ping action: did the address answer at least once within the timeout. */
@@ -87,6 +91,8 @@ export type CoreAction =
   | { type: 'vmPowerOn'; host: HostId; vm: string; req: number; takeover: string }
   | { type: 'vmPowerOff'; host: HostId; vm: string; req: number; graceful: boolean; timeoutMs: number }
   | { type: 'setProtection'; vm: string; protected: boolean }
+  /** Persist the hosts in maintenance mode (the `maintenance` file on every owned datastore). */
+  | { type: 'writeMaintenance'; hosts: HostId[] }
   /** Answer a CLI command. */
   | { type: 'reply'; req: number; ok: boolean; message: string }
   /** The master removes a poweredoff/ entry once the VM runs again. */

@@ -51,6 +51,8 @@ export class HostCore {
   private localVms: string[] = [];
   private poweronWritten: string | null = null;
   private queueWritten = new Map<string, string>();
+  private maintenanceLoaded = false;
+  private selfMaintenanceReq: number | null = null;
   private now = 0;
 
   constructor(opts: HostCoreOptions) {
@@ -118,6 +120,22 @@ export class HostCore {
       case 'restartQueue':
         if (master) this.vms.restoreQueue(ev.entries);
         break;
+      case 'maintenanceSample':
+        out.push(...this.election.setMaintenance(ev.hosts.includes(this.self), ev.now));
+        if (master && !this.maintenanceLoaded) {
+          this.maintenanceLoaded = true;
+          this.vms.loadMaintenance(ev.hosts);
+        }
+        break;
+      case 'maintenanceCommand':
+        if (!master) {
+          out.push({ type: 'reply', req: ev.req, ok: false, message: 'not the master' });
+          break;
+        }
+        this.maintenanceLoaded = true;
+        if (ev.host === this.self && ev.enter) this.selfMaintenanceReq = ev.req;
+        out.push(...this.translate(this.vms.setHostMaintenance(ev.req, ev.host, ev.enter, ev.evacuate, ev.now, this.placementInfo())));
+        break;
       case 'command': {
         if (!master) {
           out.push({ type: 'reply', req: ev.req, ok: false, message: 'not the master' });
@@ -159,6 +177,12 @@ export class HostCore {
           out.push(...this.ownership.step(ev));
           if (this.role === 'master') out.push(...this.masterTick());
         }
+    }
+    // The master itself entered maintenance: once its VMs are gone, hand the role over.
+    if (this.selfMaintenanceReq !== null && out.some((a) => a.type === 'reply' && a.req === this.selfMaintenanceReq)) {
+      const ok = out.some((a) => a.type === 'reply' && a.req === this.selfMaintenanceReq && a.ok);
+      this.selfMaintenanceReq = null;
+      if (ok) out.push(...this.election.setMaintenance(true, ev.now));
     }
     this.followRoles(out, ev);
     if (this.role !== 'uninitialized') out.push(...this.poweron());
@@ -270,6 +294,7 @@ export class HostCore {
         out.push(...this.ownership.setWanted(true, ev.now, 'became master'));
         this.vms.setHostVms(this.self, this.localVms);
         this.queueWritten.clear();
+        this.maintenanceLoaded = false;
       }
       if (a.role !== 'master' && wasMaster) {
         const why = ev.type === 'shutdown' ? 'agent stopping' : `no longer master (${a.role})`;
@@ -323,7 +348,7 @@ export class HostCore {
     const slaves = new Set(this.election.currentSlaves());
     return this.hostIds.map((host): HostView => {
       const storage = this.storage.host(host, this.now);
-      const base = { storageHeartbeat: storage.storageHeartbeat, isolated: storage.isolated, vms: storage.vms ? storage.vms.length : null };
+      const base = { storageHeartbeat: storage.storageHeartbeat, isolated: storage.isolated, vms: storage.vms ? storage.vms.length : null, maintenance: this.vms.inMaintenance(host) };
       if (host === this.self) {
         return { host, state: st.role === 'master' ? 'master' : st.role === 'election' ? 'election' : 'connected', lastHeartbeatMs: null, datastores: st.datastores.length, ...base };
       }

@@ -31,4 +31,6 @@ export interface HostView {
   isolated: boolean | null;
   /** Number of VMs its poweron file lists (null: not read). */
   vms: number | null;
+  /** In maintenance mode (master's view): receives no restarts. */
+  maintenance: boolean;
 }

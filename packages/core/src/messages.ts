@@ -12,12 +12,17 @@ export interface ElectionMsg {
   type: 'election';
   /** Datastores this host can read and write right now. */
   datastores: number;
+  /** In maintenance mode: loses to any host that is not. */
+  maintenance: boolean;
+  /** The sender's master generation: a master re-electing sends the generation it led. */
+  generation: number;
 }
 
 /** Sent by a master to every configured host, every heartbeat interval. */
 export interface MasterHeartbeatMsg {
   type: 'masterHeartbeat';
   datastores: number;
+  maintenance: boolean;
   /** Increases each time this agent becomes master (protectedlist generation). */
   generation: number;
 }

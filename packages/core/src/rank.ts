@@ -7,10 +7,13 @@ import type { HostId } from './ids.js';
 export interface Rank {
   host: HostId;
   datastores: number;
+  /** A host in maintenance mode loses to every host that is not (it never becomes master if another can). */
+  maintenance?: boolean;
 }
 
 /** True when `a` beats `b` under the election rule. */
 export function beats(a: Rank, b: Rank): boolean {
+  if (!!a.maintenance !== !!b.maintenance) return !a.maintenance;
   if (a.datastores !== b.datastores) return a.datastores > b.datastores;
   return a.host > b.host; // string comparison, code unit by code unit
 }
@@ -24,6 +27,7 @@ export function best(candidates: readonly Rank[]): Rank | undefined {
 
 /** Why `winner` beat `loser`, for log lines. */
 export function reason(winner: Rank, loser: Rank): string {
+  if (!!winner.maintenance !== !!loser.maintenance) return `${loser.host} is in maintenance mode`;
   if (winner.datastores !== loser.datastores) {
     return `${winner.host} accesses ${winner.datastores} datastores, ${loser.host} ${loser.datastores}`;
   }

@@ -54,7 +54,7 @@ interface VmTrack {
   nextAt: number;
   failed: boolean;
   lastError: string | null;
-  pending: { host: HostId; req: number; since: number; kind: 'restart' | 'start' | 'stop'; why?: string } | null;
+  pending: { host: HostId; req: number; since: number; kind: 'restart' | 'start' | 'stop' | 'evacuate'; why?: string } | null;
   /** Times of unexpected stops on a live host (VM monitoring). */
   resets: number[];
   restarts: number;
@@ -117,6 +117,9 @@ export class VmManager {
   private protectedSet = new Set<string>();
   private owned = new Set<string>();
   private hostVms = new Map<HostId, Set<string>>();
+  private readonly maintenanceSet = new Set<HostId>();
+  /** Maintenance requests waiting for their evacuation to finish: req -> host. */
+  private readonly evacuations = new Map<number, HostId>();
   private readonly hostStates = new Map<HostId, FailureState | 'self'>();
   private dirty = false;
   private nextReq = 1;
@@ -137,7 +140,10 @@ export class VmManager {
   reset(why: string): CoreAction[] {
     this.out = [];
     for (const c of this.commands.values()) this.reply(c.req, false, `aborted: ${why}`);
+    for (const req of this.evacuations.keys()) this.reply(req, false, `aborted: ${why}`);
     this.commands.clear();
+    this.evacuations.clear();
+    this.maintenanceSet.clear();
     this.tracks.clear();
     this.running.clear();
     this.hostVms.clear();
@@ -203,6 +209,10 @@ export class VmManager {
   }
 
   private setStates(hosts: Map<HostId, HostPlacementInfo>): void {
+    for (const h of this.maintenanceSet) {
+      const info = hosts.get(h);
+      if (info) hosts.set(h, { ...info, maintenance: true });
+    }
     for (const [h, info] of hosts) {
       if (this.hostStates.get(h) !== info.state) this.dirty = true;
       this.hostStates.set(h, info.state);
@@ -235,6 +245,73 @@ export class VmManager {
 
   leaseState(vm: string, now: number): Liveness {
     return this.leases.state(vm, now);
+  }
+
+  maintenance(): HostId[] {
+    return [...this.maintenanceSet].sort();
+  }
+
+  inMaintenance(host: HostId): boolean {
+    return this.maintenanceSet.has(host);
+  }
+
+  /** The maintenance set found on disk (a new master adopts it). */
+  loadMaintenance(hosts: readonly HostId[]): void {
+    this.maintenanceSet.clear();
+    for (const h of hosts) this.maintenanceSet.add(h);
+  }
+
+  /**
+   * `vigil host maintenance enter|exit HOST [--evacuate]`. Entering is refused while protected VMs
+   * run on the host, unless evacuating: they are shut down and restarted elsewhere. Replies when
+   * the host holds no protected VM any more. Emits writeMaintenance to persist the set.
+   */
+  setHostMaintenance(req: number, host: HostId, enter: boolean, evacuate: boolean, now: number, hosts: Map<HostId, HostPlacementInfo>): CoreAction[] {
+    this.out = [];
+    this.setStates(hosts);
+    if (!hosts.has(host)) {
+      this.reply(req, false, `unknown host ${host}`);
+      return this.out;
+    }
+    if (!enter) {
+      if (this.maintenanceSet.delete(host)) this.out.push({ type: 'writeMaintenance', hosts: this.maintenance() });
+      this.log('info', 'host.maintenance-exit', `${host} left maintenance mode`, { subject: host });
+      this.reply(req, true, `${host} is out of maintenance mode`);
+      return this.out;
+    }
+    const onHost = [...(this.hostVms.get(host) ?? [])].filter((vm) => this.protectedSet.has(vm)).sort();
+    if (onHost.length > 0 && !evacuate) {
+      this.reply(req, false, `${host} runs ${onHost.length} protected VMs (${onHost.slice(0, 5).join(', ')}${onHost.length > 5 ? ', ...' : ''}): use --evacuate to move them`);
+      return this.out;
+    }
+    if (!this.maintenanceSet.has(host)) {
+      this.maintenanceSet.add(host);
+      this.out.push({ type: 'writeMaintenance', hosts: this.maintenance() });
+    }
+    this.log('info', 'host.maintenance-enter', `${host} entered maintenance mode${onHost.length ? `; evacuating ${onHost.length} VMs` : ''}`, { subject: host, evacuate: onHost });
+    if (onHost.length === 0) {
+      this.reply(req, true, `${host} is in maintenance mode (no protected VM runs there)`);
+      return this.out;
+    }
+    this.evacuations.set(req, host);
+    for (const vm of onHost) {
+      const t = this.track(vm);
+      if (t.pending) continue;
+      const r = this.nextReq++;
+      t.pending = { host, req: r, since: now, kind: 'evacuate' };
+      this.out.push({ type: 'vmPowerOff', host, vm, req: r, graceful: true, timeoutMs: this.stopTimeoutMs });
+    }
+    return this.out;
+  }
+
+  private checkEvacuations(): void {
+    for (const [req, host] of this.evacuations) {
+      const left = [...this.tracks].filter(([, t]) => t.pending?.kind === 'evacuate' && t.pending.host === host).length;
+      if (left > 0) continue;
+      this.evacuations.delete(req);
+      const still = [...(this.hostVms.get(host) ?? [])].filter((vm) => this.protectedSet.has(vm));
+      this.reply(req, still.length === 0, still.length === 0 ? `${host} is in maintenance mode; its VMs were shut down and are restarting elsewhere` : `${host} is in maintenance mode but ${still.length} VMs could not be stopped: ${still.join(', ')}`);
+    }
   }
 
   /** VMs each host runs, as last known. */
@@ -271,7 +348,7 @@ export class VmManager {
     this.dirty = true;
     this.relocate();
     const t = this.track(vm);
-    if (!this.protectedSet.has(vm) || reason === 'requested' || t.pending?.kind === 'stop') return this.out;
+    if (!this.protectedSet.has(vm) || reason === 'requested' || t.pending?.kind === 'stop' || t.pending?.kind === 'evacuate') return this.out;
     if (reason === 'fenced') {
       t.wantRestart = `${host} lost its lease (self-fence)`;
       t.preferHost = null;
@@ -312,6 +389,18 @@ export class VmManager {
     const cmd = [...this.commands.values()].find((c) => c.cmd.vm === vm && (c.stage === 'powering' || c.stage === 'stopping'));
     if (!p || p.req !== req) return this.out;
     t.pending = null;
+    if (p.kind === 'evacuate') {
+      if (ok) {
+        this.hostVms.get(host)?.delete(vm);
+        this.dirty = true;
+        this.relocate();
+        t.wantRestart = `evacuated from ${host} (maintenance)`;
+        t.preferHost = null;
+        t.nextAt = now;
+      }
+      this.checkEvacuations();
+      return this.out;
+    }
     if (p.kind === 'stop') {
       if (ok) {
         this.hostVms.get(host)?.delete(vm);
@@ -523,6 +612,7 @@ export class VmManager {
           this.reply(cmd.req, false, `no answer from ${t.pending.host} in time; see vigil vms`);
         }
         t.pending = null;
+        this.checkEvacuations();
       }
     }
     for (const [req, c] of this.commands) {
@@ -536,6 +626,7 @@ export class VmManager {
 
     const inflight = new Map<HostId, number>();
     for (const t of this.tracks.values()) if (t.pending) inflight.set(t.pending.host, (inflight.get(t.pending.host) ?? 0) + 1);
+
 
     const candidates: { vm: string; why: string; spec: CatalogVm }[] = [];
     let judging = Infinity; // best priority rank among VMs whose lease is not judged yet

@@ -56,12 +56,8 @@ export interface Poweron {
   vms: string[];
 }
 
-/** VM ids: `datastore:relative/path` of the VM's config file. */
-export const VM_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}:[A-Za-z0-9._][A-Za-z0-9._/-]{0,511}$/;
-
-export function isVmId(v: string): boolean {
-  return VM_ID_RE.test(v) && !v.split(':')[1]!.split('/').some((seg) => seg === '..' || seg === '');
-}
+export { isVmId } from '@vigil/core';
+import { isVmId } from '@vigil/core';
 
 export function formatPoweron(p: Poweron): string {
   return [p.isolated ? '1' : '0', ...[...p.vms].sort()].join('\n') + '\n';
@@ -73,7 +69,7 @@ export function parsePoweron(text: string): Parsed<Poweron> {
   const bit = lines[0];
   if (bit !== '0' && bit !== '1') return { ok: false, error: `first line must be 0 or 1, not ${JSON.stringify(bit?.slice(0, 20))}` };
   const vms = lines.slice(1);
-  const bad = vms.find((v) => !isVmId(v));
+  const bad: string | undefined = vms.find((v: string): boolean => !isVmId(v));
   if (bad !== undefined) return { ok: false, error: `bad VM id ${JSON.stringify(bad.slice(0, 80))}` };
   return { ok: true, value: { isolated: bit === '1', vms } };
 }
@@ -95,7 +91,7 @@ export function parseProtectedList(text: string): Parsed<ProtectedList> {
   const m = /^# vigil protectedlist owner=(host-[0-9]{1,9}) generation=([0-9]{1,15})$/.exec(lines[0] ?? '');
   if (!m) return { ok: false, error: 'missing or bad header line' };
   const vms = lines.slice(1);
-  const bad = vms.find((v) => !isVmId(v));
+  const bad: string | undefined = vms.find((v: string): boolean => !isVmId(v));
   if (bad !== undefined) return { ok: false, error: `bad VM id ${JSON.stringify(bad.slice(0, 80))}` };
   return { ok: true, value: { owner: m[1]!, generation: Number(m[2]), vms } };
 }

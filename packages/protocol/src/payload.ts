@@ -29,8 +29,8 @@ const isStopReason: FieldCheck = (value) => typeof value === 'string' && (VM_STO
 
 /** Field name -> check, per message type. Key order is the order fields are written on the wire. */
 const FIELDS: Readonly<Record<MessageType, Readonly<Record<string, FieldCheck>>>> = {
-  election: { datastores: isDatastoreCount },
-  masterHeartbeat: { datastores: isDatastoreCount, generation: isGeneration },
+  election: { datastores: isDatastoreCount, maintenance: isBool, generation: isGeneration },
+  masterHeartbeat: { datastores: isDatastoreCount, maintenance: isBool, generation: isGeneration },
   slaveHeartbeat: { datastores: isDatastoreCount, master: isHostId, memoryMB: isCount(2 ** 31), cpus: isCount(1_000_000) },
   abdicate: { to: isHostId },
   powerOn: { vm: isVmId, req: isReq, takeover: (v) => typeof v === 'string' && TAKEOVER_PATTERN.test(v) },

@@ -36,11 +36,11 @@ describe('encode/decode round trip', () => {
 
   it('round-trips extreme header values', () => {
     const e = env(
-      { type: 'masterHeartbeat', datastores: 10000, generation: Number.MAX_SAFE_INTEGER },
+      { type: 'masterHeartbeat', datastores: 10000, maintenance: false, generation: Number.MAX_SAFE_INTEGER },
       { incarnation: Number.MAX_SAFE_INTEGER, seq: 0xffffffff, sender: 'host-999999999' },
     );
     expect(decode(encode(e, KEY), KEY, CLUSTER)).toEqual({ ok: true, env: e });
-    const z = env({ type: 'election', datastores: 0 }, { incarnation: 0, seq: 0, sender: 'host-0' });
+    const z = env({ type: 'election', datastores: 0, maintenance: false, generation: 0 }, { incarnation: 0, seq: 0, sender: 'host-0' });
     expect(decode(encode(z, KEY), KEY, CLUSTER)).toEqual({ ok: true, env: z });
   });
 
@@ -73,12 +73,12 @@ describe('encode/decode round trip', () => {
   });
 
   it('does not put the type field or unknown fields into the payload', () => {
-    const msg = { type: 'election', datastores: 1, extra: 'x' } as unknown as Message;
+    const msg = { type: 'election', datastores: 1, maintenance: false, generation: 0, extra: 'x' } as unknown as Message;
     const buf = encode(env(msg), KEY);
     expect(buf.includes(Buffer.from('extra'))).toBe(false);
     expect(buf.includes(Buffer.from('"type"'))).toBe(false);
     const r = decode(buf, KEY, CLUSTER);
-    expect(r.ok && r.env.msg).toEqual({ type: 'election', datastores: 1 });
+    expect(r.ok && r.env.msg).toEqual({ type: 'election', datastores: 1, maintenance: false, generation: 0 });
   });
 });
 
@@ -89,8 +89,8 @@ describe('size budget', () => {
   const maxVm = `${'d'.repeat(64)}:${'p'.repeat(512)}`;
   const maxKey = deriveKey(SECRET, maxCluster);
   const largest: Message[] = [
-    { type: 'election', datastores: 10000 },
-    { type: 'masterHeartbeat', datastores: 10000, generation: Number.MAX_SAFE_INTEGER },
+    { type: 'election', datastores: 10000, maintenance: false, generation: 0 },
+    { type: 'masterHeartbeat', datastores: 10000, maintenance: false, generation: Number.MAX_SAFE_INTEGER },
     { type: 'slaveHeartbeat', datastores: 10000, master: maxHost, memoryMB: 2 ** 31, cpus: 1_000_000 },
     { type: 'abdicate', to: maxHost },
     { type: 'powerOn', vm: maxVm, req: Number.MAX_SAFE_INTEGER, takeover: `${maxHost}:999999999999999:${'f'.repeat(64)}:999999999999999` },
@@ -116,7 +116,7 @@ describe('size budget', () => {
 });
 
 describe('encode refuses invalid envelopes', () => {
-  const good = env({ type: 'election', datastores: 1 });
+  const good = env({ type: 'election', datastores: 1, maintenance: false, generation: 0 });
   const cases: Array<[string, Envelope]> = [
     ['bad cluster', { ...good, cluster: '../etc' }],
     ['empty cluster', { ...good, cluster: '' }],
@@ -126,13 +126,13 @@ describe('encode refuses invalid envelopes', () => {
     ['unsafe incarnation', { ...good, incarnation: Number.MAX_SAFE_INTEGER + 1 }],
     ['fractional seq', { ...good, seq: 1.5 }],
     ['seq too large', { ...good, seq: 2 ** 32 }],
-    ['datastores too large', { ...good, msg: { type: 'election', datastores: 10001 } }],
-    ['datastores fractional', { ...good, msg: { type: 'election', datastores: 1.5 } }],
+    ['datastores too large', { ...good, msg: { type: 'election', datastores: 10001, maintenance: false, generation: 0 } }],
+    ['datastores fractional', { ...good, msg: { type: 'election', datastores: 1.5, maintenance: false, generation: 0 } }],
     ['bad master', { ...good, msg: { type: 'slaveHeartbeat', datastores: 1, master: 'x', memoryMB: 1, cpus: 1 } }],
     ['path-escaping vm id', { ...good, msg: { type: 'powerOn', vm: 'ds1:../../etc/passwd', req: 1, takeover: '' } }],
     ['bad takeover', { ...good, msg: { type: 'powerOn', vm: 'ds1:vms/a.json', req: 1, takeover: 'whatever' } }],
     ['error text too long', { ...good, msg: { type: 'vmResult', vm: 'ds1:vms/a.json', req: 1, ok: false, leaseHeld: false, error: 'x'.repeat(161) } }],
-    ['negative generation', { ...good, msg: { type: 'masterHeartbeat', datastores: 1, generation: -1 } }],
+    ['negative generation', { ...good, msg: { type: 'masterHeartbeat', datastores: 1, maintenance: false, generation: -1 } }],
     ['unknown type', { ...good, msg: { type: 'nope', datastores: 1 } as unknown as Message }],
   ];
   for (const [name, e] of cases) {
@@ -146,7 +146,7 @@ describe('encode refuses invalid envelopes', () => {
 });
 
 describe('decode drop reasons', () => {
-  const valid = encode(env({ type: 'election', datastores: 1 }), KEY);
+  const valid = encode(env({ type: 'election', datastores: 1, maintenance: false, generation: 0 }), KEY);
 
   it('accepts the valid datagram used below', () => {
     expect(decode(valid, KEY, CLUSTER).ok).toBe(true);
@@ -162,7 +162,7 @@ describe('decode drop reasons', () => {
     expect(reason(decode(valid, KEY, 'other-cluster'))).toBe('wrongCluster');
     // Even when signed with that cluster's proper key.
     const k2 = deriveKey(SECRET, 'other-cluster');
-    const buf = encode({ ...env({ type: 'election', datastores: 1 }), cluster: 'other-cluster' }, k2);
+    const buf = encode({ ...env({ type: 'election', datastores: 1, maintenance: false, generation: 0 }), cluster: 'other-cluster' }, k2);
     expect(reason(decode(buf, KEY, CLUSTER))).toBe('wrongCluster');
     // A prefix of the expected cluster id is not accepted either.
     expect(reason(decode(buildRaw({ cluster: CLUSTER.slice(0, 4) }), KEY, CLUSTER))).toBe('wrongCluster');
@@ -219,7 +219,8 @@ describe('decode drop reasons', () => {
 
 describe('forged payloads with a valid HMAC are malformed', () => {
   const forged: Array<[string, number, string]> = [
-    ['extra field', 1, '{"datastores":1,"x":1}'],
+    ['extra field', 1, '{"datastores":1,"maintenance":false,"generation":0,"x":1}'],
+    ['maintenance not a boolean', 1, '{"datastores":1,"maintenance":0,"generation":0}'],
     ['type field in payload', 1, '{"datastores":1,"type":"election"}'],
     ['__proto__ field', 1, '{"datastores":1,"__proto__":{"a":1}}'],
     ['missing field', 2, '{"datastores":1}'],
@@ -258,15 +259,15 @@ describe('forged payloads with a valid HMAC are malformed', () => {
   });
 
   it('the same payloads well-formed are accepted (controls)', () => {
-    expect(reason(decode(buildRaw({ type: 2, payload: '{"generation":3,"datastores":1}' }), KEY, CLUSTER))).toBe('ok');
+    expect(reason(decode(buildRaw({ type: 2, payload: '{"generation":3,"maintenance":true,"datastores":1}' }), KEY, CLUSTER))).toBe('ok');
     expect(reason(decode(buildRaw({ type: 3, payload: '{"datastores":1,"master":"host-1","cpus":2,"memoryMB":512}' }), KEY, CLUSTER))).toBe('ok');
     expect(reason(decode(buildRaw({ type: 5, payload: '{"vm":"ds1:vms/a.json","req":3,"takeover":"orphan"}' }), KEY, CLUSTER))).toBe('ok');
     expect(reason(decode(buildRaw({ type: 4, payload: ' {"to":"host-1"} ' }), KEY, CLUSTER))).toBe('ok');
-    expect(reason(decode(buildRaw({ type: 1, payload: '{"datastores":1e2}' }), KEY, CLUSTER))).toBe('ok');
+    expect(reason(decode(buildRaw({ type: 1, payload: '{"datastores":1e2,"maintenance":false,"generation":0}' }), KEY, CLUSTER))).toBe('ok');
   });
 
   it('-0 decodes as 0', () => {
-    const r = decode(buildRaw({ payload: '{"datastores":-0}' }), KEY, CLUSTER);
+    const r = decode(buildRaw({ payload: '{"datastores":-0,"maintenance":false,"generation":0}' }), KEY, CLUSTER);
     expect(r.ok).toBe(true);
     expect(r.ok && Object.is((r.env.msg as { datastores: number }).datastores, 0)).toBe(true);
   });

@@ -19,10 +19,10 @@ const takeover = fc.oneof(
 );
 
 const message: fc.Arbitrary<Message> = fc.oneof(
-  datastores.map((d): Message => ({ type: 'election', datastores: d })),
+  datastores.map((d): Message => ({ type: 'election', datastores: d, maintenance: false, generation: 0 })),
   fc
     .tuple(datastores, fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }))
-    .map(([d, g]): Message => ({ type: 'masterHeartbeat', datastores: d, generation: g })),
+    .map(([d, g]): Message => ({ type: 'masterHeartbeat', datastores: d, maintenance: false, generation: g })),
   fc
     .tuple(datastores, hostId, fc.integer({ min: 0, max: 2 ** 31 }), fc.integer({ min: 0, max: 1_000_000 }))
     .map(([d, m, mem, cpus]): Message => ({ type: 'slaveHeartbeat', datastores: d, master: m, memoryMB: mem, cpus })),

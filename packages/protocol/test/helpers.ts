@@ -28,7 +28,7 @@ export interface RawFields {
 export function buildRaw(f: RawFields = {}): Buffer {
   const cluster = Buffer.from(f.cluster ?? CLUSTER);
   const sender = Buffer.from(f.sender ?? 'host-12');
-  const payload = Buffer.from(f.payload ?? '{"datastores":2}');
+  const payload = Buffer.from(f.payload ?? '{"datastores":2,"maintenance":false,"generation":0}');
   const fixed = Buffer.from([
     ...(f.magic ?? Buffer.from('VGL')),
     f.version ?? 1,
@@ -46,8 +46,8 @@ export function buildRaw(f: RawFields = {}): Buffer {
 }
 
 export const SAMPLE_MESSAGES: Message[] = [
-  { type: 'election', datastores: 3 },
-  { type: 'masterHeartbeat', datastores: 2, generation: 41 },
+  { type: 'election', datastores: 3, maintenance: false, generation: 0 },
+  { type: 'masterHeartbeat', datastores: 2, maintenance: false, generation: 41 },
   { type: 'slaveHeartbeat', datastores: 0, master: 'host-7', memoryMB: 4096, cpus: 16 },
   { type: 'abdicate', to: 'host-100' },
   { type: 'powerOn', vm: 'ds1:vms/web-1.json', req: 7, takeover: 'host-3:4:0123456789abcdef:17' },

@@ -82,6 +82,26 @@ export function reportDead(l: Lab, dir: string, dead: string[]): never {
   );
 }
 
+/** What `lab up` suggests typing next (commands that work in a checkout: `npx vigil`). */
+export function nextSteps(l: Lab, dir: string, master: string | null): string {
+  const dirArg = dir === DEFAULT_LAB_DIR ? '' : ` --dir ${dir}`;
+  const sock = (h: string) => l.paths.socket(h);
+  const steps: [string, string][] = [
+    [`npx vigil lab status${dirArg}`, 'role of every host'],
+    [`npx vigil status --socket ${sock('host-1')}`, 'one host, as on a real host'],
+    [`npx vigil hosts --socket ${sock(master ?? 'host-N')}`, "the master's view of every host"],
+    [`npx vigil vm create --socket ${sock('host-1')} --datastore ds1 --name web1 -- sleep 100000`, 'a process VM'],
+    [`npx vigil vm start web1 --socket ${sock('host-1')}`, 'the master places and protects it'],
+    [`npx vigil vms --socket ${sock('host-1')}`, 'every VM (any host forwards to the master)'],
+    [`npx vigil lab kill host-N${dirArg}`, 'power cut: the agent and its VMs die'],
+    [`npx vigil lab start host-N${dirArg}`, 'power it back on'],
+    [`npx vigil lab down${dirArg}`, `stop everything (--purge also deletes ${dir})`],
+  ];
+  // Align the comments, except after the odd long command.
+  const width = Math.max(...steps.map(([c]) => c.length).filter((n) => n <= 72));
+  return ['', 'Next:', ...steps.map(([c, why]) => `  ${c.padEnd(width)}  # ${why}`), `  logs: ${dir}/hosts/<host>/agent.log`, ''].join('\n') + '\n';
+}
+
 export function registerLab(program: Command): void {
   const labCmd = program.command('lab').description('a whole cluster on this machine: agents on 127.0.0.x:8182 (or --port), local datastores, fast timings');
   const dirOpt = ['--dir <dir>', 'lab directory', DEFAULT_LAB_DIR] as const;
@@ -127,25 +147,7 @@ export function registerLab(program: Command): void {
           process.stdout.write(`lab: created, started and protected ${names.length} VM${names.length === 1 ? '' : 's'} (${names.length > 4 ? `${names.slice(0, 3).join(', ')}, ..., ${names[names.length - 1]}` : names.join(', ')})\n`);
         }
       }
-      const sock = (h: string) => l.paths.socket(h);
-      const dirArg = opts.dir === DEFAULT_LAB_DIR ? '' : ` --dir ${opts.dir}`;
-      process.stdout.write(
-        [
-          '',
-          'Next:',
-          `  npx vigil lab status${dirArg}                 # role of every host`,
-          `  npx vigil status --socket ${sock('host-1')}   # one host, as on a real host`,
-          `  npx vigil hosts --socket ${sock(master ?? 'host-N')}   # the master's view of every host`,
-          `  npx vigil vms --socket ${sock('host-1')}      # every VM (asked on any host, answered by the master)`,
-          `  npx vigil vm create --socket ${sock('host-1')} --datastore ds1 --name web1 -- sleep 100000`,
-          `  npx vigil vm start web1 --socket ${sock('host-1')}`,
-          `  npx vigil lab kill host-N${dirArg}            # power cut of a host (its VMs die too)`,
-          `  npx vigil lab start host-N${dirArg}           # power it back on`,
-          `  npx vigil lab down${dirArg}                   # stop everything (--purge also deletes ${opts.dir})`,
-          `  logs: ${opts.dir}/hosts/<host>/agent.log`,
-          '',
-        ].join('\n'),
-      );
+      process.stdout.write(nextSteps(l, opts.dir, master));
     });
 
   labCmd

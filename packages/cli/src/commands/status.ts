@@ -2,6 +2,24 @@ import type { Command } from 'commander';
 import { controlRequest, DEFAULT_SOCKET, type AgentStatus, type HostRow } from '@vigil/agent';
 import { ms, printJson, table } from '../format.js';
 
+/**
+ * The note `vigil hosts` prints on stderr when the asked agent is not the master: the table is
+ * then that host's own view, not the cluster's (slaves hear only their master outside
+ * elections, and only the master reads storage heartbeats and classifies silent hosts).
+ */
+export function hostsNote(st: Pick<AgentStatus, 'host' | 'role' | 'master'> | null, master: string | null): string {
+  const who = st ? st.host : 'this host';
+  const role = st?.role ?? (master ? 'slave' : 'election');
+  const m = master ?? st?.master ?? null;
+  const what =
+    role === 'slave' ? `a slave of ${m ?? '?'}` : role === 'election' ? 'in an election (no master yet)' : role === 'isolated' ? 'isolated' : `${role}, not master`;
+  const why =
+    'A slave hears only its master, so the other hosts show as unreachable or unknown with storage heartbeat unknown; ' +
+    'only the master reads storage heartbeats and classifies hosts as dead, isolated, partitioned or agentUnreachable.';
+  const next = m && role === 'slave' ? `Run \`vigil hosts\` on ${m} for the cluster's view.` : 'Run `vigil hosts` on the master for the cluster\'s view (`vigil status` names it).';
+  return `note: ${who} is ${what}: this is ${who}'s own view, not the cluster's. ${why} ${next}`;
+}
+
 export function registerStatus(program: Command): void {
   program
     .command('status')
@@ -32,18 +50,16 @@ export function registerStatus(program: Command): void {
 
   program
     .command('hosts')
-    .description("the master's view of every host: state and last heartbeat")
+    .description("every host's state and last heartbeat: the cluster's view when asked on the master, else the asked host's own view")
     .option('--json', 'machine-readable output (fields: docs/cli.md)')
     .option('--socket <path>', 'control socket of the local agent', DEFAULT_SOCKET)
     .action(async (opts: { json?: boolean; socket: string }) => {
       const res = (await controlRequest(opts.socket, { cmd: 'hosts' })) as { master: string | null; isMaster: boolean; hosts: HostRow[] };
       if (opts.json) return printJson(res.hosts);
       if (!res.isMaster) {
-        process.stderr.write(
-          res.master
-            ? `note: this host is a slave; the view below is what it hears directly. The master is ${res.master}: run \`vigil hosts\` there for the cluster's view.\n`
-            : 'note: no master yet (election in progress); the view below is what this host hears directly.\n',
-        );
+        // Whose view this is, precisely: the asked host's own, not the cluster's.
+        const st = (await controlRequest(opts.socket, { cmd: 'status' }).catch(() => null)) as AgentStatus | null;
+        process.stderr.write(hostsNote(st, res.master) + '\n');
       }
       process.stdout.write(
         table(

@@ -1,0 +1,226 @@
+/**
+ * SIGKILL of an agent alone (not a power cut), with real agents and VM processes (SPEC §3.2,
+ * §3.6; issue 4): the VMs of that host keep running under their supervisors, which keep renewing
+ * the VM leases, so the master classifies the host `agentUnreachable` (never dead) and starts
+ * none of them elsewhere, for well over the failure detection time plus the lease timeout. The
+ * restarted agent re-adopts the very same processes (same pids), reports them, and monitors them
+ * again (a re-adopted VM that is then killed is restarted).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startHosts, waitFor, type Lab } from './helpers/lab.js';
+import {
+  CopyWatch,
+  Timeline,
+  agentPid,
+  byName,
+  countCopies,
+  holdFor,
+  hostsOf,
+  logEvents,
+  logOffsets,
+  startVmLab,
+  teardownVmLab,
+  timeOf,
+  vmPid,
+  vmProcesses,
+  vmsVia,
+  type VmLab,
+} from './helpers/vms.js';
+
+/** Longer than deadMs (1.8 s) + leaseTimeoutMs (1.5 s) of the fast profile, with margin. */
+const HOLD_MS = 6000;
+
+describe('agent crash (SIGKILL of the agent alone)', () => {
+  let v: VmLab;
+  let lab: Lab | undefined;
+  let dir: string | undefined;
+  let watch: CopyWatch | undefined;
+
+  beforeAll(async () => {
+    const tl = new Timeline('setup');
+    try {
+      v = await startVmLab('agent-crash', { hosts: 3, vms: 6, timeline: tl }, (l, d) => {
+        lab = l;
+        dir = d;
+      });
+      watch = new CopyWatch(v.dir).start();
+    } finally {
+      tl.print();
+    }
+  }, 120_000);
+
+  afterAll(async () => {
+    await watch?.stop();
+    await teardownVmLab(lab, dir);
+  }, 60_000);
+
+  it('VMs keep running, are not started elsewhere, and are re-adopted by the restarted agent', async () => {
+    const tl = new Timeline('agent SIGKILL');
+    try {
+      const view = (await vmsVia(v.lab, [v.master]))!;
+      const victim = v.hosts.filter((h) => h !== v.master).sort((a, b) => view.vms.filter((r) => r.host === b).length - view.vms.filter((r) => r.host === a).length)[0]!;
+      const mine = view.vms.filter((r) => r.host === victim).map((r) => r.name);
+      expect(mine.length).toBeGreaterThan(0);
+      const pidsBefore = new Map<string, number>();
+      for (const n of mine) pidsBefore.set(n, await vmPid(v.dir, n));
+      const offsets = logOffsets(v.lab, v.hosts);
+      const pid = await agentPid(v.lab, victim);
+      const t0 = tl.mark(`SIGKILL of ${victim}'s agent (pid ${pid}); its VMs: ${mine.join(', ')}`);
+      process.kill(pid, 'SIGKILL');
+      await waitFor('the agent process to be gone', () => !v.lab.alive(pid), { timeoutMs: 5000, intervalMs: 20 });
+
+      // The master: agentUnreachable, from its hosts view.
+      await waitFor(
+        `${v.master} to classify ${victim} agentUnreachable`,
+        async () => (await hostsOf(v.lab, v.master)).hosts.find((h) => h.host === victim)?.state === 'agentUnreachable',
+        { timeoutMs: 15_000, intervalMs: 100 },
+      );
+      tl.mark(`${v.master}'s hosts view: ${victim} agentUnreachable (${Date.now() - t0} ms after the crash)`);
+
+      // For HOLD_MS: the same processes, once each, nothing restarted, listed on the victim.
+      const polls = await holdFor(`${victim}'s VMs keep running where they are`, HOLD_MS, async () => {
+        const procs = await vmProcesses(v.dir);
+        for (const n of mine) {
+          const p = procs.get(n) ?? [];
+          if (p.length !== 1 || p[0] !== pidsBefore.get(n)) return `${n} processes are now [${p.join(', ')}], was ${pidsBefore.get(n)}`;
+        }
+        const vv = await vmsVia(v.lab, [v.master]);
+        if (!vv) return 'no vms view from the master';
+        for (const r of vv.vms.filter((x) => mine.includes(x.name))) {
+          if (r.host !== victim || r.power !== 'on') return `${r.name} is reported host=${r.host} power=${r.power} state=${r.state}`;
+          if (r.state === 'restarting' || r.state === 'running') return `${r.name} is ${r.state} although its host's agent is silent`;
+        }
+        const st = (await hostsOf(v.lab, v.master)).hosts.find((h) => h.host === victim)?.state;
+        if (st !== 'agentUnreachable') return `${victim} is now ${st}`;
+        return null;
+      });
+      tl.mark(`held ${HOLD_MS / 1000} s after that (${polls} polls): same pids, once each, reported unconfirmed on ${victim}, still agentUnreachable`);
+
+      const m = v.master;
+      const restarting = logEvents(v.lab, m, 'vm.restarting', offsets[m]).map((l) => String(l.message));
+      expect(restarting, 'no restart was even attempted').toEqual([]);
+      const dead = logEvents(v.lab, m, 'host.dead', offsets[m]).filter((l) => l.subject === victim);
+      for (const d of dead) tl.mark(`!! ${m} logged host.dead for ${victim}: ${String(d.reason)}`, timeOf(d));
+      const unreach = logEvents(v.lab, m, 'host.agentUnreachable', offsets[m]).filter((l) => l.subject === victim);
+      expect(unreach.length, `${m} logged host.agentUnreachable for ${victim}`).toBeGreaterThan(0);
+      tl.mark(`${m} log: host.agentUnreachable (${String(unreach[0]!.reason)})`, timeOf(unreach[0]!));
+      expect(dead.map((d) => d.message), `${victim} was never declared dead`).toEqual([]);
+
+      // The agent comes back and re-adopts the very same processes.
+      const t1 = tl.mark(`starting ${victim}'s agent again`);
+      await startHosts(v.lab, [victim]);
+      await waitFor(
+        `${victim} to rejoin and report its ${mine.length} VMs`,
+        async () => {
+          const own = (await hostsOf(v.lab, victim)).hosts.find((h) => h.host === victim);
+          const master = (await hostsOf(v.lab, v.master)).hosts.find((h) => h.host === victim);
+          const vv = await vmsVia(v.lab, [v.master]);
+          if (!vv) return undefined;
+          const rows = vv.vms.filter((r) => mine.includes(r.name));
+          return own?.vms === mine.length && master?.state === 'connected' && rows.every((r) => r.host === victim && r.state === 'running' && r.protected) ? true : undefined;
+        },
+        { timeoutMs: 20_000, intervalMs: 100 },
+      );
+      tl.mark(`${victim} rejoined (${Date.now() - t1} ms): its hosts view shows ${mine.length} VMs; vms shows them running on ${victim}`);
+      const status = (await v.lab.status(victim));
+      expect(status.up && status.status.role).toBe('slave');
+      for (const n of mine) expect(await vmPid(v.dir, n), `${n} is the same process`).toBe(pidsBefore.get(n));
+      const adoptedStops = logEvents(v.lab, victim, 'vm.local-stop');
+      expect(adoptedStops.map((l) => l.message), 'no VM reported stopped by the restarted agent').toEqual([]);
+
+      // The re-adopted VMs are monitored again: kill one, it is restarted on the same host.
+      const probe = mine[0]!;
+      const old = pidsBefore.get(probe)!;
+      tl.mark(`killing the process of re-adopted ${probe} (pid ${old})`);
+      process.kill(old, 'SIGKILL');
+      await waitFor(
+        `${probe} to be restarted on ${victim}`,
+        async () => {
+          const vv = await vmsVia(v.lab, [v.master]);
+          const r = vv ? byName(vv.vms).get(probe) : undefined;
+          const p = (await vmProcesses(v.dir)).get(probe) ?? [];
+          return r?.state === 'running' && r.host === victim && p.length === 1 && p[0] !== old ? true : undefined;
+        },
+        { timeoutMs: 15_000, intervalMs: 100 },
+      );
+      tl.mark(`${probe} restarted on ${victim} (VM monitoring works on re-adopted VMs)`);
+
+      await watch!.stop();
+      expect(watch!.doubled(), 'no VM ever ran twice').toEqual([]);
+      const counts = await countCopies(v.dir, v.names);
+      for (const n of v.names) expect(counts.get(n), `${n} runs exactly once`).toBe(1);
+      tl.mark(`copy watch: ${watch!.samples} samples, no VM ever seen twice; all ${v.names.length} run once`);
+    } finally {
+      tl.print();
+    }
+  }, 90_000);
+
+  it("SIGKILL of the master's agent: a new master, the old master's VMs are neither restarted nor doubled, then re-adopted", async () => {
+    const tl = new Timeline('master agent SIGKILL');
+    watch = new CopyWatch(v.dir).start();
+    try {
+      const old = v.master;
+      const view = (await vmsVia(v.lab, [old]))!;
+      const mine = view.vms.filter((r) => r.host === old).map((r) => r.name);
+      expect(mine.length, `${old} runs VMs`).toBeGreaterThan(0);
+      const pidsBefore = new Map<string, number>();
+      for (const n of mine) pidsBefore.set(n, await vmPid(v.dir, n));
+      const offsets = logOffsets(v.lab, v.hosts);
+      const pid = await agentPid(v.lab, old);
+      const others = v.hosts.filter((h) => h !== old);
+      tl.mark(`SIGKILL of master ${old}'s agent (pid ${pid}); its VMs: ${mine.join(', ')}`);
+      process.kill(pid, 'SIGKILL');
+      const m = await waitFor('a new master among the others', () => v.lab.waitConverged(1000, others), { timeoutMs: 30_000 });
+      tl.mark(`${m} is the new master`);
+      await waitFor(
+        `${m} to classify ${old} agentUnreachable`,
+        async () => (await hostsOf(v.lab, m)).hosts.find((h) => h.host === old)?.state === 'agentUnreachable',
+        { timeoutMs: 15_000, intervalMs: 100 },
+      );
+      tl.mark(`${m}'s hosts view: ${old} agentUnreachable`);
+      const polls = await holdFor(`${old}'s VMs keep running where they are`, HOLD_MS, async () => {
+        const procs = await vmProcesses(v.dir);
+        for (const n of mine) {
+          const p = procs.get(n) ?? [];
+          if (p.length !== 1 || p[0] !== pidsBefore.get(n)) return `${n} processes are now [${p.join(', ')}], was ${pidsBefore.get(n)}`;
+        }
+        const vv = await vmsVia(v.lab, [m]);
+        if (!vv) return 'no vms view from the new master';
+        for (const r of vv.vms.filter((x) => mine.includes(x.name))) {
+          if (r.host !== old || r.power !== 'on') return `${r.name} is reported host=${r.host} power=${r.power} state=${r.state}`;
+        }
+        return null;
+      });
+      tl.mark(`held ${HOLD_MS / 1000} s (${polls} polls): same pids, once each, still listed on ${old}`);
+      const restarting = logEvents(v.lab, m, 'vm.restarting', offsets[m]).map((l) => String(l.message));
+      expect(restarting, 'no restart was even attempted').toEqual([]);
+      const dead = logEvents(v.lab, m, 'host.dead', offsets[m]).filter((l) => l.subject === old);
+      for (const d of dead) tl.mark(`!! ${m} logged host.dead for ${old}: ${String(d.reason)}`, timeOf(d));
+      expect(dead.map((d) => d.message), `${old} was never declared dead`).toEqual([]);
+
+      tl.mark(`starting ${old}'s agent again`);
+      await startHosts(v.lab, [old]);
+      await waitFor(
+        `${old} to rejoin as a slave of ${m} and report its ${mine.length} VMs`,
+        async () => {
+          const own = (await hostsOf(v.lab, old)).hosts.find((h) => h.host === old);
+          const st = await v.lab.status(old);
+          const vv = await vmsVia(v.lab, [m]);
+          if (!vv || !st.up) return undefined;
+          const rows = vv.vms.filter((r) => mine.includes(r.name));
+          return st.status.role === 'slave' && st.status.master === m && own?.vms === mine.length && rows.every((r) => r.host === old && r.state === 'running') ? true : undefined;
+        },
+        { timeoutMs: 20_000, intervalMs: 100 },
+      );
+      tl.mark(`${old} rejoined as a slave of ${m}; vms shows its VMs running on ${old}`);
+      for (const n of mine) expect(await vmPid(v.dir, n), `${n} is the same process`).toBe(pidsBefore.get(n));
+      await watch.stop();
+      expect(watch.doubled(), 'no VM ever ran twice').toEqual([]);
+      const counts = await countCopies(v.dir, v.names);
+      for (const n of v.names) expect(counts.get(n), `${n} runs exactly once`).toBe(1);
+      tl.mark(`copy watch: ${watch.samples} samples, no VM ever seen twice; all ${v.names.length} run once`);
+    } finally {
+      tl.print();
+    }
+  }, 90_000);
+});
