@@ -196,7 +196,6 @@ describe('agent crash (SIGKILL of the agent alone)', () => {
       expect(restarting, 'no restart was even attempted').toEqual([]);
       const dead = logEvents(v.lab, m, 'host.dead', offsets[m]).filter((l) => l.subject === old);
       for (const d of dead) tl.mark(`!! ${m} logged host.dead for ${old}: ${String(d.reason)}`, timeOf(d));
-      expect(dead.map((d) => d.message), `${old} was never declared dead`).toEqual([]);
 
       tl.mark(`starting ${old}'s agent again`);
       await startHosts(v.lab, [old]);
@@ -219,6 +218,10 @@ describe('agent crash (SIGKILL of the agent alone)', () => {
       const counts = await countCopies(v.dir, v.names);
       for (const n of v.names) expect(counts.get(n), `${n} runs exactly once`).toBe(1);
       tl.mark(`copy watch: ${watch.samples} samples, no VM ever seen twice; all ${v.names.length} run once`);
+      // Checked last, so that everything above is shown to hold regardless: a host whose agent
+      // alone died is agentUnreachable (SPEC §3.2), never dead, also for a master that was only
+      // just elected and has not yet watched its VM leases change.
+      expect(dead.map((d) => d.message), `${old} was never declared dead by the new master`).toEqual([]);
     } finally {
       tl.print();
     }

@@ -4,7 +4,9 @@
  * - every safety inequality listed in docs/configuration.md is still enforced;
  * - examples/cluster.json is a valid config;
  * - every CLI command and option is in docs/cli.md, and every top-level command in README.md;
- * - every field of the documented --json outputs is in docs/cli.md.
+ * - every field of the documented --json outputs is in docs/cli.md, and every value of the
+ *   `state` fields of `hosts --json` and `vms --json` (read from the source of the types);
+ * - every config key (top level and per host) is in docs/configuration.md.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -13,13 +15,14 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Command } from 'commander';
-import { ConfigError, validateConfig, type ClusterConfig } from '@vigil/config';
+import { ConfigError, FAST_TIMING, configSchema, hostSchema, validateConfig, type ClusterConfig } from '@vigil/config';
+import { VmManager } from '@vigil/core';
 import { Agent, type Datagram, type Logger, type Transport } from '@vigil/agent';
 import { buildProgram } from '@vigil/cli';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const read = (rel: string) => readFileSync(join(ROOT, rel), 'utf8');
-const CLI_BIN = join(ROOT, 'packages/cli/bin/vigil.js');
+const CLI_BIN = join(ROOT, 'packages/cli/bin/vigil.cjs');
 
 const tmp = mkdtempSync(join(tmpdir(), 'vigil-docs-test-'));
 afterAll(async () => {
@@ -101,6 +104,27 @@ describe('docs/configuration.md', () => {
   });
 });
 
+/** The string literals of a union type member, e.g. `state: 'a' | 'b';`, read from a source file. */
+function unionLiterals(source: string, pattern: RegExp): string[] {
+  const m = pattern.exec(source);
+  if (!m) throw new Error(`type not found: ${pattern}`);
+  return [...m[1]!.matchAll(/'([A-Za-z]+)'/g)].map((x) => x[1]!);
+}
+
+describe('docs/configuration.md keys', () => {
+  const doc = read('docs/configuration.md');
+
+  it('documents every top-level key of the config', () => {
+    const table = documentedFields(section(doc, '### Top level'));
+    expect(missing(Object.keys(configSchema.shape), table)).toEqual([]);
+  });
+
+  it('documents every key of hosts.<host-id>', () => {
+    const table = documentedFields(section(doc, '### `hosts.<host-id>`'));
+    expect(missing(Object.keys(hostSchema.shape), table)).toEqual([]);
+  });
+});
+
 describe('examples/cluster.json', () => {
   it('is a valid config (the secret file itself is not checked here)', () => {
     const cfg = validateConfig(JSON.parse(read('examples/cluster.json')), 'examples/cluster.json');
@@ -158,6 +182,28 @@ describe('docs/cli.md and README.md', () => {
     expect(rows.length).toBeGreaterThan(0);
     const doc = documentedFields(section(read('docs/cli.md'), '### `config profiles --json` fields'));
     expect(missing(Object.keys(rows[0]!), doc)).toEqual([]);
+  });
+
+  it('documents every field of `vms --json`, and every VM state', () => {
+    const vms = new VmManager({ self: 'host-1', timing: { ...FAST_TIMING }, maxConcurrentPerHost: 32, maxAttempts: 5 });
+    vms.setCatalog('ds1', [{ id: 'ds1:vms/web1.json', name: 'web1', memoryMB: 128, cpus: 1, priority: 'medium' }]);
+    const rows = vms.view(0);
+    expect(rows.length).toBe(1);
+    const cli = read('docs/cli.md');
+    const text = section(cli, '### `vms --json` fields');
+    expect(missing(Object.keys(rows[0]!), documentedFields(text)), 'VmView fields missing from docs/cli.md').toEqual([]);
+    const states = unionLiterals(read('packages/core/src/vms.ts'), /interface VmView \{[^}]*?\n\s*state: ([^;]+);/s);
+    expect(states.length).toBeGreaterThan(3);
+    expect(states.filter((st) => !text.includes(`"${st}"`) || !text.includes(`| \`${st}\` |`))).toEqual([]);
+  });
+
+  it('documents every host state of `hosts --json`', () => {
+    const states = unionLiterals(read('packages/core/src/hostview.ts'), /export type HostState =([^;]+);/s);
+    expect(states).toContain('agentUnreachable');
+    const cli = read('docs/cli.md');
+    const fields = section(cli, '### `hosts --json` fields');
+    const how = section(cli, '### How `state` is decided');
+    expect(states.filter((st) => !fields.includes(`"${st}"`) || !how.includes(`\`${st}\``))).toEqual([]);
   });
 
   it('documents every field of `status --json` and `hosts --json`', async () => {

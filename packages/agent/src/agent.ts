@@ -162,6 +162,19 @@ export class Agent {
     this.timers.push(setInterval(() => this.feed({ type: 'tick', now: this.clock.now() }), tickMs));
     this.timers.push(setInterval(() => void this.probe(), t.datastoreProbeIntervalMs));
     this.timers.push(setInterval(() => this.flushDropLog(), 10_000));
+    // Event-loop stalls make every timeout fire late at once: say so when it happens.
+    let lastBeat = this.clock.now();
+    this.timers.push(
+      setInterval(() => {
+        const now = this.clock.now();
+        const lag = now - lastBeat - 100;
+        lastBeat = now;
+        if (lag > Math.max(200, t.heartbeatIntervalMs)) {
+          const d = this.dropLog.hit('event-loop-stall', now);
+          if (d.log) this.logger.log('warn', 'agent.stalled', `the agent's event loop stalled for ${Math.round(lag)} ms`, { lagMs: Math.round(lag), suppressedSinceLast: d.suppressed });
+        }
+      }, 100),
+    );
     this.storage.start();
     this.vm.start();
     const sampleMs = Math.max(50, Math.floor(t.storageHeartbeatIntervalMs / 2));

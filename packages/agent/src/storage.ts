@@ -4,7 +4,7 @@
  * every host; other hosts' heartbeats and poweron files on the master, followed with chokidar
  * plus a periodic rescan). Decisions stay in the core; this class performs and observes.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { watch, type FSWatcher } from 'chokidar';
 import type { CoreEvent, CoreAction, HostId, LeaseRecordView, Role } from '@vigil/core';
@@ -25,6 +25,7 @@ import {
   parsePoweron,
   parseProtectedList,
   withTimeout,
+  storageKeyOf,
   writeFileAtomic,
   type KeeperEvent,
 } from '@vigil/datastore';
@@ -111,9 +112,25 @@ export class StorageRuntime {
     await this.keeper.stop(true);
   }
 
-  /** Datastores accessible right now (from the prober). */
+  /**
+   * Datastores accessible right now (from the prober). Leases on a datastore that is no longer
+   * accessible are given up at once (reported lost), not kept until their renewals fail.
+   */
   setAccessible(accessible: string[]): void {
+    const gone = this.accessible.filter((d) => !accessible.includes(d));
     this.accessible = accessible;
+    for (const ds of gone) {
+      const hb = this.hbLeases.get(ds);
+      if (hb && this.keeper.has(hbKey(ds))) {
+        this.keeper.forget(hbKey(ds));
+        this.onKeeperEvent({ type: 'lost', key: hbKey(ds), reason: `datastore ${ds} is no longer accessible`, fenced: true });
+      }
+      const pl = this.plLeases.get(ds);
+      if (pl && this.keeper.has(plKey(ds))) {
+        this.keeper.forget(plKey(ds));
+        this.onKeeperEvent({ type: 'lost', key: plKey(ds), reason: `datastore ${ds} is no longer accessible`, fenced: true });
+      }
+    }
     void this.ensureHeartbeats();
   }
 
@@ -178,11 +195,12 @@ export class StorageRuntime {
       if (this.stopped) return void (await lease.release());
       this.plLeases.set(ds, lease);
       this.keeper.add(plKey(ds), lease, started);
+      void lease.pruneClaims().catch(() => {});
       let vms: string[] | null = null;
       let error: string | undefined;
       const file = join(this.dir(ds), 'protectedlist');
       try {
-        const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8'));
+        const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8'), storageKeyOf(file));
         const p = parseProtectedList(text);
         if (p.ok) vms = p.value.vms;
         else error = `${file}: ${p.error}`;
@@ -215,7 +233,19 @@ export class StorageRuntime {
     }
     const file = join(this.dir(ds), 'protectedlist');
     try {
-      await writeFileAtomic(file, formatProtectedList({ owner: this.host, generation: held.generation, vms }), this.config.timing.storageCallTimeoutMs);
+      const text = formatProtectedList({ owner: this.host, generation: held.generation, vms });
+      try {
+        await writeFileAtomic(file, text, this.config.timing.storageCallTimeoutMs);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'EISDIR' && code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err;
+        // Something (not a file) sits where the list must be: this master holds the lease, so
+        // move it aside, keep it for the admin, and write the list.
+        const aside = `${file}.damaged-${Date.now()}`;
+        await withTimeout(`move ${file} aside`, this.config.timing.storageCallTimeoutMs, () => rename(file, aside), storageKeyOf(file));
+        this.logger.log('warn', 'storage.repaired', `${file} was not a file (${code}); moved it to ${aside} and rewrote the list`, { file, aside, datastore: ds });
+        await writeFileAtomic(file, text, this.config.timing.storageCallTimeoutMs);
+      }
       this.opts.feed({ type: 'protectedlistWritten', now: this.clock.now(), datastore: ds, vms });
     } catch (err) {
       this.logger.log('error', 'storage.write-failed', `could not write ${file}: ${describeError(err)}`, { file, datastore: ds });
@@ -235,7 +265,7 @@ export class StorageRuntime {
 
   private async readRestartQueue(ds: string): Promise<void> {
     const file = join(this.dir(ds), 'restartqueue');
-    const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8')).catch(() => null);
+    const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8'), storageKeyOf(file)).catch(() => null);
     if (text === null) return;
     const entries: { vm: string; attempts: number; failed: boolean }[] = [];
     for (const line of text.split('\n')) {
@@ -258,7 +288,7 @@ export class StorageRuntime {
   private async readMaintenance(): Promise<void> {
     for (const ds of [...this.accessible].sort()) {
       const file = join(this.dir(ds), 'maintenance');
-      const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8')).catch(() => null);
+      const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8'), storageKeyOf(file)).catch(() => null);
       if (text === null) continue;
       const hosts = text.split('\n').filter((l) => /^host-[0-9]{1,9}$/.test(l));
       this.opts.feed({ type: 'maintenanceSample', now: this.clock.now(), hosts });
@@ -293,6 +323,7 @@ export class StorageRuntime {
         }
         this.hbLeases.set(ds, lease);
         this.keeper.add(hbKey(ds), lease, started);
+        void lease.pruneClaims().catch(() => {});
         this.logger.log('info', 'heartbeat.acquired', `holding storage heartbeat ${this.host}-hb on ${ds} (generation ${h.generation})`, { datastore: ds, generation: h.generation });
         this.poweronOnDisk.delete(ds);
         void this.writePoweron();
@@ -432,7 +463,7 @@ export class StorageRuntime {
     if (!ds || host === this.host || !this.config.hosts[host]) return;
     const base = { type: 'poweronSample' as const, host, datastore: ds };
     try {
-      const text = await withTimeout(`read ${path}`, this.config.timing.storageCallTimeoutMs, () => readFile(path, 'utf8'));
+      const text = await withTimeout(`read ${path}`, this.config.timing.storageCallTimeoutMs, () => readFile(path, 'utf8'), storageKeyOf(path));
       const p = parsePoweron(text);
       if (p.ok) this.opts.feed({ ...base, now: this.clock.now(), isolated: p.value.isolated, vms: p.value.vms });
       else this.opts.feed({ ...base, now: this.clock.now(), isolated: null, vms: null, error: `${path}: ${p.error}` });
@@ -461,7 +492,7 @@ export class StorageRuntime {
     for (const ds of this.hbDatastores) {
       if (!this.accessible.includes(ds) || this.poweron === null) continue;
       const file = join(this.dir(ds), `${this.host}-poweron`);
-      const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8')).catch((err) => `!${describeError(err)}`);
+      const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8'), storageKeyOf(file)).catch((err) => `!${describeError(err)}`);
       if (text !== this.poweron) {
         if (this.poweronOnDisk.has(ds)) {
           this.logger.log('warn', 'storage.repaired', `${file} did not hold what this host wrote (${text.startsWith('!') ? text.slice(1) : 'different or corrupt content'}); rewriting it`, { file, datastore: ds });
@@ -476,7 +507,7 @@ export class StorageRuntime {
       const held = lease.held;
       if (!held) continue;
       const file = join(this.dir(ds), 'protectedlist');
-      const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8')).catch(() => null);
+      const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8'), storageKeyOf(file)).catch(() => null);
       const p = text === null ? null : parseProtectedList(text);
       const problem = !p ? 'missing or unreadable' : !p.ok ? p.error : p.value.owner !== this.host || p.value.generation !== held.generation ? `owner ${p.value.owner} generation ${p.value.generation}, not ours` : null;
       if (problem) this.opts.feed({ type: 'protectedlistDamaged', now: this.clock.now(), datastore: ds, problem: `${file}: ${problem}` });

@@ -115,7 +115,7 @@ export class FailureDetector {
     if (t.pingReplied === true) {
       next = 'agentUnreachable';
       reason = 'answers ping but its agent is silent: its VMs are not restarted';
-    } else if (inp.storageHeartbeat === 'alive') {
+    } else if (inp.storageHeartbeat === 'alive' && t.pingReplied === false) {
       next = inp.isolationBit ? 'isolated' : 'partitioned';
       reason = inp.isolationBit ? 'storage heartbeat alive and its poweron file says isolated' : 'storage heartbeat alive, isolation bit 0: network partition';
     } else if (inp.vmLeasesAlive) {

@@ -33,7 +33,8 @@ export class StorageView {
     if (ev.type === 'heartbeatSample') {
       const key = `${ev.host}@${ev.datastore}`;
       const r = ev.record;
-      this.tracker.observe(key, { value: r ? `${r.generation}:${r.token}:${r.counter}` : null, released: r?.state === 'released' }, ev.now);
+      // An unreadable record says nothing about liveness (it is not "gone"): no observation.
+      if (!ev.error) this.tracker.observe(key, { value: r ? `${r.generation}:${r.token}:${r.counter}` : null, released: r?.state === 'released' }, ev.now);
       let set = this.hbDatastores.get(ev.host);
       if (!set) this.hbDatastores.set(ev.host, (set = new Set()));
       if (r || ev.error) set.add(ev.datastore);

@@ -6,7 +6,7 @@
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { withTimeout } from './timeout.js';
+import { storageKeyOf, withTimeout } from './timeout.js';
 
 export async function writeFileAtomic(path: string, content: string | Buffer, timeoutMs: number): Promise<void> {
   const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
@@ -35,5 +35,5 @@ export async function writeFileAtomic(path: string, content: string | Buffer, ti
     } finally {
       if (!done) await unlink(tmp).catch(() => {});
     }
-  });
+  }, storageKeyOf(path));
 }

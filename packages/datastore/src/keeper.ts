@@ -59,6 +59,14 @@ export class LeaseKeeper {
     return !!e && e.fence.valid(this.opts.now());
   }
 
+  /** Stop tracking and abandon the holding, touching nothing on storage. */
+  forget(key: string): void {
+    const e = this.entries.get(key);
+    if (!e) return;
+    this.entries.delete(key);
+    e.lease.abandon();
+  }
+
   /** Stop tracking and release on storage (best effort). */
   async release(key: string): Promise<void> {
     const e = this.entries.get(key);

@@ -20,12 +20,31 @@
  * Every storage call runs under a timeout (hung NFS/sshfs never answers).
  */
 import { mkdir, readdir, readFile, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
+import { resolve as resolvePath } from 'node:path';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import lockfile from 'proper-lockfile';
+// The registry of locks lives in the library's inner module (not re-exported by its index).
+import lockfileInternals from 'proper-lockfile/lib/lockfile.js';
 import { writeFileAtomic } from './atomic.js';
 import { formatLeaseRecord, parseLeaseRecord, type LeaseRecord } from './records.js';
-import { describeError, withTimeout } from './timeout.js';
+import { describeError, storageKeyOf, withTimeout } from './timeout.js';
+
+/**
+ * proper-lockfile keeps every lock it made in a registry, refreshes their mtime in the
+ * background and, on process exit, removes their directories. Both are wrong here: a lease
+ * this process abandoned (lost, fenced) may already belong to another host, and a holder that
+ * exits abnormally must leave its lease to expire, not free it at once. So a lock is taken out
+ * of the registry as soon as it is made; this module removes lock directories itself.
+ */
+function detachFromProperLockfile(recordPath: string): void {
+  const registry = (lockfileInternals as unknown as { getLocks?: () => Record<string, { updateTimeout?: NodeJS.Timeout | null }> }).getLocks?.();
+  if (!registry) throw new Error('proper-lockfile has no lock registry to detach from (unsupported version)');
+  const key = resolvePath(recordPath);
+  const entry = registry[key];
+  if (entry?.updateTimeout) clearTimeout(entry.updateTimeout);
+  delete registry[key];
+}
 
 /** proper-lockfile's clock-based staleness is never used: its stale threshold is set out of reach. */
 const NEVER_STALE_MS = 1_000_000_000;
@@ -86,7 +105,7 @@ export class LeaseFile {
   }
 
   private t<T>(what: string, op: () => Promise<T>): Promise<T> {
-    return withTimeout(`${what} (${this.opts.name})`, this.opts.timeoutMs, op);
+    return withTimeout(`${what} (${this.opts.name})`, this.opts.timeoutMs, op, storageKeyOf(this.opts.dir));
   }
 
   /** Read the record, whether the lock exists, and the highest claim. Never throws on corrupt data. */
@@ -149,20 +168,32 @@ export class LeaseFile {
       if (!rec || rec.generation !== takeover.generation || rec.token !== takeover.token || rec.counter !== takeover.counter) {
         throw new LeaseError(`${this.opts.name}: the record changed since it was judged dead; not taking over`, 'ECHANGED');
       }
-    } else if (snap.lockExists && !(rec && rec.state === 'released')) {
+    } else if ((rec && rec.state === 'held') || (snap.lockExists && !(rec && rec.state === 'released'))) {
+      // A record that says held is held, lock directory or not (its holder may have died
+      // without cleaning up): only an observer that saw it unchanged for the lease timeout
+      // may take it over.
       throw new LeaseError(`${this.opts.name} is held by ${rec?.host ?? 'an unknown holder'}${snap.error ? ` (${snap.error})` : ''}`, 'ELOCKED');
     }
     const generation = Math.max(snap.maxClaim, rec?.generation ?? 0) + 1;
     const token = randomBytes(8).toString('hex');
     // The claim: exactly one contender creates generation g+1.
     await this.t('claim', async () => {
-      await mkdir(this.claimsDir, { recursive: true });
+      // Never recursive: if the cluster directory is gone (storage lost, something mounted over
+      // it), this must fail rather than build a fresh tree on whatever is there now.
+      for (const d of [this.opts.dir, this.claimsDir]) {
+        await mkdir(d).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'EEXIST') throw err;
+        });
+      }
+      const claim = join(this.claimsDir, String(generation));
       try {
-        await writeFile(join(this.claimsDir, String(generation)), `${this.opts.host} ${token}\n`, { flag: 'wx' });
+        await writeFile(claim, `${this.opts.host} ${token}\n`, { flag: 'wx' });
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
           throw new LeaseError(`${this.opts.name}: another host claimed generation ${generation} first`, 'ELOCKED');
         }
+        // Created but not written (ENOSPC...): give the generation back.
+        await unlink(claim).catch(() => {});
         throw err;
       }
     });
@@ -183,7 +214,7 @@ export class LeaseFile {
         retries: 0,
         onCompromised: (err: Error) => this.opts.onCompromised?.(err),
       }).then(
-        () => undefined,
+        () => detachFromProperLockfile(this.recordPath),
         (err: NodeJS.ErrnoException) => {
           if (err.code === 'ELOCKED') throw new LeaseError(`${this.opts.name}: lock directory reappeared during acquisition`, 'ELOCKED');
           throw err;
@@ -254,9 +285,7 @@ export class LeaseFile {
       formatLeaseRecord({ host: this.opts.host, generation: h.generation, counter: h.counter + 1, token: h.token, state: 'released' }),
       this.opts.timeoutMs,
     ).catch(() => {});
-    await this.t('unlock', () => lockfile.unlock(this.recordPath, { lockfilePath: this.lockPath, realpath: false })).catch(() =>
-      this.t('unlock', () => rmdir(this.lockPath)).catch(() => {}),
-    );
+    await this.t('unlock', () => rmdir(this.lockPath)).catch(() => {});
   }
 
   /** Forget the holding without touching storage (after a self-fence or a crash-equivalent). */

@@ -11,6 +11,11 @@ import { dirname } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { clusterDir, datastoreIdFile, probeFile } from './layout.js';
 import { describeError, withTimeout } from './timeout.js';
+import { writeFileAtomic } from './atomic.js';
+import { unlink } from 'node:fs/promises';
+
+/** Probes that must see an empty datastore-id before it is treated as an aborted initialization. */
+const EMPTY_ID_PROBES = 3;
 
 export interface ProbeResult {
   name: string;
@@ -31,6 +36,7 @@ export class DatastoreProber {
   /** Identity first seen on each datastore during this agent's life. */
   private readonly identities = new Map<string, string>();
   private probeSeq = 0;
+  private readonly emptyIdSeen = new Map<string, number>();
 
   constructor(private readonly opts: DatastoreProberOptions) {}
 
@@ -65,18 +71,30 @@ export class DatastoreProber {
             if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
           }
           id = (await readFile(idFile, 'utf8')).trim();
-          if (id === '') return { name, accessible: false, detail: `${idFile} is being initialized by another host` };
+          if (id === '') {
+            // A host that crashed between creating and writing it leaves it empty forever:
+            // after a few probes (local count, no clock involved) remove it and start again.
+            const seen = (this.emptyIdSeen.get(name) ?? 0) + 1;
+            this.emptyIdSeen.set(name, seen);
+            if (seen >= EMPTY_ID_PROBES) {
+              await unlink(idFile).catch(() => {});
+              this.emptyIdSeen.delete(name);
+            }
+            return { name, accessible: false, detail: `${idFile} is being initialized by another host` };
+          }
+          this.emptyIdSeen.delete(name);
         }
         if (known && known !== id) return { name, accessible: false, detail: `identity changed (${known} -> ${id}): not the datastore this host knew` };
         if (!known) this.identities.set(name, id);
         const pf = probeFile(path, cluster, host);
         await mkdir(dirname(pf), { recursive: true });
         const token = `${++this.probeSeq}`;
-        await writeFile(pf, token + '\n');
+        // A new file each time (temp + rename): a full datastore fails this, as it fails real writes.
+        await writeFileAtomic(pf, token + '\n', timeoutMs);
         const back = (await readFile(pf, 'utf8')).trim();
         if (back !== token) return { name, accessible: false, detail: `probe file read back "${back}", wrote "${token}"` };
         return detail ? { name, accessible: true, detail } : { name, accessible: true };
-      });
+      }, path);
     } catch (err) {
       return { name, accessible: false, detail: describeError(err) };
     }

@@ -106,14 +106,37 @@ describe('LeaseFile', () => {
     await expect(lease('host-1').acquire()).rejects.toMatchObject({ code: 'ELOCKED' });
   });
 
-  it('takes a lease whose lock vanished (record says held, no lock directory) only through a claim', async () => {
+  it('treats a record that says held as held even without its lock directory (a crashed holder); takeover only of the observed record, by one contender', async () => {
     const a = lease('host-1');
     await a.acquire();
     a.abandon();
     await rm(join(dir, 'protectedlist.lock'), { recursive: true });
-    const [x, y] = await Promise.allSettled([lease('host-2').acquire(), lease('host-3').acquire()]);
+    await expect(lease('host-2').acquire()).rejects.toMatchObject({ code: 'ELOCKED' });
+    const seen = (await lease('host-2').read()).record!;
+    const [x, y] = await Promise.allSettled([lease('host-2').acquire(seen), lease('host-3').acquire(seen)]);
     expect([x, y].filter((r) => r.status === 'fulfilled').length).toBe(1);
     expect((await readdir(join(dir, 'protectedlist.claims'))).sort()).toEqual(['1', '2']);
+  });
+
+  it('never builds the cluster directory itself (storage replaced by an empty mount)', async () => {
+    const gone = new LeaseFile({ dir: join(dir, 'not-initialized', 'cluster'), name: 'host-1-hb', host: 'host-1', timeoutMs: 2000 });
+    await expect(gone.acquire()).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('survives an abnormal exit of its holder: the lease stays held (proper-lockfile must not free it)', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const script = `import { LeaseFile } from '@vigil/datastore';
+      const l = new LeaseFile({ dir: ${JSON.stringify(dir)}, name: 'protectedlist', recordName: 'protectedlist.owner', host: 'host-7', timeoutMs: 2000 });
+      await l.acquire(); process.exit(70);`;
+    try {
+      execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: process.cwd(), stdio: 'pipe' });
+    } catch (err) {
+      expect((err as { status: number }).status).toBe(70);
+    }
+    const snap = await lease('host-1').read();
+    expect(snap.lockExists).toBe(true);
+    expect(snap.record).toMatchObject({ host: 'host-7', state: 'held' });
+    await expect(lease('host-1').acquire()).rejects.toMatchObject({ code: 'ELOCKED' });
   });
 });
 

@@ -7,6 +7,7 @@ import { listPoweredOff, poweredoffDir, removePoweredOff, vmLease, writePoweredO
 let ds: string;
 beforeEach(async () => {
   ds = await mkdtemp(join(tmpdir(), 'vigil-ds-'));
+  await mkdir(join(ds, '.vigil-ha', 'c'), { recursive: true });
 });
 afterEach(async () => {
   await rm(ds, { recursive: true, force: true });

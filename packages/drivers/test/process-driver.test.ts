@@ -36,7 +36,8 @@ async function until<T>(f: () => T | undefined | false, ms = 5000): Promise<T> {
 beforeEach(async () => {
   root = await mkdtemp(join(tmpdir(), 'vigil-drv-'));
   ds = join(root, 'ds1');
-  await mkdir(ds);
+  // An initialized datastore (the agent's probe creates this): leases never build it themselves.
+  await mkdir(join(ds, '.vigil-ha', 'c'), { recursive: true });
 });
 afterEach(async () => {
   for (const d of drivers.splice(0)) {

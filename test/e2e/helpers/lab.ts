@@ -177,7 +177,7 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Run the real CLI (`node packages/cli/bin/vigil.js ...args`) to completion. */
+/** Run the real CLI (`node packages/cli/bin/vigil.cjs ...args`) to completion. */
 export function runCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [VIGIL_BIN, ...args], {

@@ -251,7 +251,7 @@ export interface VmLab {
  */
 export async function startVmLab(
   name: string,
-  opts: { hosts: number; vms: number; capacity?: { memoryMB: number; cpus: number }; memoryMB?: number; timeline?: Timeline },
+  opts: { hosts: number; vms: number; capacity?: { memoryMB: number; cpus: number }; memoryMB?: number; priorities?: string[]; timeline?: Timeline },
   onLab: (lab: Lab, dir: string) => void,
 ): Promise<VmLab> {
   const addresses = Array.from({ length: opts.hosts }, (_, i) => labAddress(i + 1));
@@ -271,7 +271,32 @@ export async function startVmLab(
   const master = await lab.waitConverged(30_000);
   if (!master) throw new Error(`no master elected\n${await describeLab(lab)}`);
   opts.timeline?.mark(`${hosts.length} agents up, ${master} is master`);
-  const names = await lab.createVms(opts.vms, { via: master, ...(opts.memoryMB ? { memoryMB: opts.memoryMB } : {}) });
+  const logFrom = logOffsets(lab, hosts);
+  let names: string[];
+  try {
+    names = await lab.createVms(opts.vms, { via: master, ...(opts.memoryMB ? { memoryMB: opts.memoryMB } : {}), ...(opts.priorities ? { priorities: opts.priorities } : {}) });
+  } catch (err) {
+    // Seen under load: "no VM named vm-N" for a VM created a moment before. Show what the
+    // master logged about its catalog, then start the VMs that are not running, with retries.
+    const msg = (err as Error).message;
+    opts.timeline?.mark(`!! Lab.createVms failed: ${msg}`);
+    for (const l of readLog(lab.paths.log(master), logFrom[master]).filter((x) => x.level === 'warn' || x.level === 'error')) {
+      opts.timeline?.mark(`   ${master} ${String(l.event)}: ${String(l.message).slice(0, 200)}`, timeOf(l));
+    }
+    names = Array.from({ length: opts.vms }, (_, i) => `vm-${i + 1}`);
+    for (const n of names) {
+      await waitFor(
+        `vm start ${n} to succeed`,
+        async () => {
+          const r = byName((await vmsVia(lab, [master]))?.vms ?? []).get(n);
+          if (r?.state === 'running' && r.protected) return true;
+          await vmOp(lab, master, 'start', n);
+          return true;
+        },
+        { timeoutMs: 20_000, intervalMs: 500 },
+      );
+    }
+  }
   await waitFor(
     `all ${names.length} VMs running and protected, one process each`,
     async () => {
@@ -281,7 +306,16 @@ export async function startVmLab(
       const counts = await countCopies(dir, names);
       return names.every((n) => m.get(n)?.state === 'running' && m.get(n)?.protected && counts.get(n) === 1) ? true : undefined;
     },
-    { timeoutMs: 60_000, intervalMs: 200, describe: () => describeLab(lab) },
+    {
+      timeoutMs: 60_000,
+      intervalMs: 200,
+      describe: async () => {
+        const view = await vmsVia(lab, [master]);
+        const counts = await countCopies(dir, names);
+        const rows = (view?.vms ?? []).map((r) => `  ${r.name} host=${r.host} state=${r.state} protected=${r.protected} copies=${counts.get(r.name)} ${r.detail ?? ''}`);
+        return `vms (master ${view?.master ?? '?'}):\n${rows.join('\n')}\n${await describeLab(lab)}`;
+      },
+    },
   );
   opts.timeline?.mark(`${names.length} VMs created, running and protected`);
   return { lab, dir, hosts, master, names };

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, loadSecret } from '@vigil/config';
 import { Agent, createLogger, DEFAULT_SOCKET } from '@vigil/agent';
+import { hangingCalls } from '@vigil/datastore';
 import { CliError, EXIT_USAGE } from '../errors.js';
 
 export const DEFAULT_STATE_DIR = '/var/lib/vigil';
@@ -57,7 +58,14 @@ export function registerAgent(program: Command): void {
           void agent
             .stop(`received ${sig}`)
             .then(() => logger.log('info', 'agent.stopped', 'agent stopped', { signal: sig }))
-            .finally(() => logger.close().then(resolve));
+            .finally(() =>
+              logger.close().then(() => {
+                // A storage call that never returns (dead NFS/sshfs server) would keep the
+                // process from exiting (libuv joins its threads): leave at once instead.
+                if (hangingCalls() > 0) process.kill(process.pid, 'SIGKILL');
+                resolve();
+              }),
+            );
         };
         process.once('SIGTERM', onSignal);
         process.once('SIGINT', onSignal);

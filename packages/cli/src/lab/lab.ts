@@ -13,7 +13,7 @@ import { controlRequest, type AgentStatus } from '@vigil/agent';
 import { validateConfig } from '@vigil/config';
 import { labAddress, labPaths, type LabPaths } from './layout.js';
 
-export const VIGIL_BIN = fileURLToPath(new URL('../../bin/vigil.js', import.meta.url));
+export const VIGIL_BIN = fileURLToPath(new URL('../../bin/vigil.cjs', import.meta.url));
 
 /** argv[0] of a lab VM process: `pgrep -f` on it counts the copies of a VM. */
 export function labVmTag(dir: string, name: string): string {
