@@ -88,8 +88,8 @@ describe('vigil CLI', () => {
       key: 'hosts.host-1.datastores',
       make: (c) => ({ ...c, hosts: { ...(c.hosts as Json), 'host-1': { address: '127.0.0.11', datastores: ['ds1', 'ds9'] } } }),
     },
-    // fast: selfFenceDeadlineMs 1000 + leaseSafetyMarginMs 300 = 1300, not < 1300.
-    { name: 'unsafe lease timing', key: 'timing.leaseTimeoutMs', make: (c) => ({ ...c, timing: { profile: 'fast', leaseTimeoutMs: 1300 } }) },
+    // leaseTimeoutMs must be > selfFenceDeadlineMs + leaseSafetyMarginMs (fast: well above 1000).
+    { name: 'unsafe lease timing', key: 'timing.leaseTimeoutMs', make: (c) => ({ ...c, timing: { profile: 'fast', leaseTimeoutMs: 1000 } }) },
     { name: 'missing secret file', key: 'secretFile', make: (c) => ({ ...c, secretFile: join(dir, 'no-such-secret') }) },
     { name: 'secret too short', key: 'secretFile', make: (c) => ({ ...c, secretFile: join(dir, 'short-secret') }) },
   ];
@@ -258,7 +258,7 @@ describe('vigil CLI', () => {
       expect(human.code, human.stderr).toBe(0);
       expect(human.stderr).toMatch(new RegExp(`^note: ${slave} is a slave of ${master}: this is ${slave}'s own view, not the cluster's\\.`));
       expect(human.stderr).toContain(`Run \`vigil hosts\` on ${master} for the cluster's view.`);
-      expect(human.stdout.split('\n')[0]).toMatch(/^HOST\s+ADDRESS\s+STATE/);
+      expect(human.stdout.split('\n')[0]).toMatch(/^HOST\s+ADDRESS\s+STATE\s.*\sMAINTENANCE$/);
 
       const json = await runCli(['hosts', '--json', '--socket', sock]);
       expect(json.code, json.stderr).toBe(0);

@@ -14,6 +14,7 @@ import {
   byName,
   countCopies,
   holdFor,
+  powerCut,
   startVmLab,
   teardownVmLab,
   vmsVia,
@@ -65,7 +66,7 @@ describe('not enough capacity: VMs wait, and start when a host comes back', () =
       expect(fit, 'the test needs some VMs not to fit').toBeLessThan(lost.length);
 
       const t0 = tl.mark(`power cut of ${victim} (${lost.map((r) => `${r.name}/${r.priority}`).join(', ')}); room for ${fit} of them on ${survivors.join(', ')}`);
-      await v.lab.kill(victim);
+      const strays = await powerCut(v.lab, v.dir, victim);
       const lostNames = lost.map((r) => r.name);
       const split = await waitFor(
         `${fit} of ${victim}'s VMs restarted elsewhere and the other ${lost.length - fit} waiting for capacity`,
@@ -122,6 +123,7 @@ describe('not enough capacity: VMs wait, and start when a host comes back', () =
       const counts = await countCopies(v.dir, v.names);
       for (const n of v.names) expect(counts.get(n), `${n} runs exactly once`).toBe(1);
       tl.mark(`copy watch: ${watch!.samples} samples, never twice; each VM runs once`);
+      expect(strays, 'lab kill powered off every VM supervisor of the host').toEqual([]);
     } finally {
       tl.print();
     }

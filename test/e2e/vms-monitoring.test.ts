@@ -17,7 +17,7 @@ import {
   logOffsets,
   startVmLab,
   teardownVmLab,
-  vmOp,
+  vmOpLater,
   vmPid,
   vmProcesses,
   vmsVia,
@@ -123,10 +123,8 @@ describe('VM monitoring: a killed VM is restarted, until the reset limit', () =>
       // `vm start` clears the failure. Its answer is awaited at the end, so that the VM's state is
       // checked first even if the answer is slow or lost.
       const sent = tl.mark(`vm start ${vm.name}`);
-      const answer = vmOp(v.lab, v.master, 'start', vm.name).then(
-        (msg) => ({ ok: true, msg, after: Date.now() - sent }),
-        (err: Error) => ({ ok: false, msg: err.message, after: Date.now() - sent }),
-      );
+      void sent;
+      const answer = vmOpLater(v.lab, v.master, 'start', vm.name, 15_000);
       await waitFor(`${vm.name} running again after vm start`, async () => ((await row(vm.name))?.state === 'running' && (await countCopies(v.dir, [vm.name])).get(vm.name) === 1 ? true : undefined), {
         timeoutMs: 15_000,
       });

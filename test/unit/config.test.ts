@@ -95,7 +95,8 @@ describe('timing profiles', () => {
     const c = validateConfig(minimal({ timing: { profile: 'fast' } }));
     expect(c.profile).toBe('fast');
     expect(c.timing).toEqual(FAST_TIMING);
-    for (const k of ['hostTimeoutMs', 'electionWindowMs', 'heartbeatIntervalMs', 'storageHeartbeatIntervalMs', 'leaseTimeoutMs', 'selfFenceDeadlineMs'] as const) {
+    // The network timings are exactly 1/10; the storage ones keep a little more margin.
+    for (const k of ['hostTimeoutMs', 'electionWindowMs', 'heartbeatIntervalMs', 'storageHeartbeatIntervalMs'] as const) {
       expect(FAST_TIMING[k] * 10, k).toBe(DEFAULT_TIMING[k]);
     }
     for (const k of Object.keys(DEFAULT_TIMING) as (keyof Timing)[]) {
@@ -125,11 +126,12 @@ describe('timing profiles', () => {
   });
 
   it('an override that breaks the lease inequality is refused, naming timing.leaseTimeoutMs', () => {
-    // fast: selfFenceDeadlineMs 1000 + leaseSafetyMarginMs 300.
-    const p = problems(minimal({ timing: { profile: 'fast', leaseTimeoutMs: 1300 } }));
+    // leaseTimeoutMs must be > selfFenceDeadlineMs + leaseSafetyMarginMs.
+    const limit = FAST_TIMING.selfFenceDeadlineMs + FAST_TIMING.leaseSafetyMarginMs;
+    const p = problems(minimal({ timing: { profile: 'fast', leaseTimeoutMs: limit } }));
     expect(p.map((x) => x.key)).toEqual(['timing.leaseTimeoutMs']);
     expect(p[0]!.problem).toMatch(/unsafe/);
-    expect(validateConfig(minimal({ timing: { profile: 'fast', leaseTimeoutMs: 1301 } })).timing.leaseTimeoutMs).toBe(1301);
+    expect(validateConfig(minimal({ timing: { profile: 'fast', leaseTimeoutMs: limit + 1 } })).timing.leaseTimeoutMs).toBe(limit + 1);
     // Raising another field of the inequality is re-checked too.
     expect(keysOf(minimal({ timing: { selfFenceDeadlineMs: 12_000 } }))).toEqual(['timing.leaseTimeoutMs']);
     expect(keysOf(minimal({ timing: { leaseSafetyMarginMs: 5000 } }))).toEqual(['timing.leaseTimeoutMs']);
@@ -139,7 +141,7 @@ describe('timing profiles', () => {
     const with_ = (o: Partial<Timing>) => checkTiming({ ...FAST_TIMING, ...o }).map((p) => p.key);
     expect(with_({ hostTimeoutMs: 250 })).toContain('timing.hostTimeoutMs');
     expect(with_({ electionWindowMs: 150 })).toEqual(['timing.electionWindowMs']);
-    expect(with_({ storageCallTimeoutMs: 1000 })).toContain('timing.storageCallTimeoutMs');
+    expect(with_({ storageCallTimeoutMs: FAST_TIMING.selfFenceDeadlineMs })).toContain('timing.storageCallTimeoutMs');
     expect(with_({ slaveIsolationMs: 1000 })).toEqual(['timing.slaveIsolationMs']);
     expect(checkTiming({ ...FAST_TIMING, leaseTimeoutMs: 1 }, 'x').every((p) => p.key.startsWith('x.'))).toBe(true);
   });

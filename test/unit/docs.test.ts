@@ -62,20 +62,23 @@ describe('docs/configuration.md', () => {
     expect(r.status, `gen-config-docs --check failed:\n${r.stdout}${r.stderr}`).toBe(0);
   });
 
-  // One violating override per inequality of the "Safety inequalities" table, on the fast profile.
+  // One violating override per inequality of the "Safety inequalities" table, on the fast
+  // profile. Each is computed from the profile's values, just past the limit, so the test
+  // follows the profile when its values are tuned.
+  const F = FAST_TIMING;
   const inequalities: { key: string; timing: Record<string, unknown>; problem: RegExp }[] = [
-    { key: 'timing.leaseTimeoutMs', timing: { leaseSafetyMarginMs: 600 }, problem: /selfFenceDeadlineMs .* leaseSafetyMarginMs/ },
-    { key: 'timing.selfFenceDeadlineMs', timing: { storageCallTimeoutMs: 600 }, problem: /storageHeartbeatIntervalMs .* storageCallTimeoutMs/ },
-    { key: 'timing.leaseTimeoutMs', timing: { storageHeartbeatIntervalMs: 800 }, problem: /2 x storageHeartbeatIntervalMs/ },
-    { key: 'timing.hostTimeoutMs', timing: { heartbeatIntervalMs: 400 }, problem: /3 x heartbeatIntervalMs/ },
-    { key: 'timing.electionWindowMs', timing: { electionWindowMs: 150 }, problem: /2 x heartbeatIntervalMs/ },
-    { key: 'timing.storageWatchAfterMs', timing: { storageWatchAfterMs: 1000 }, problem: /< hostTimeoutMs/ },
-    { key: 'timing.deadMs', timing: { deadMs: 1700 }, problem: /storageWatchAfterMs \+ leaseTimeoutMs/ },
-    { key: 'timing.deadMs', timing: { icmpPingTimeoutMs: 900 }, problem: /hostTimeoutMs \+ icmpPingTimeoutMs/ },
-    { key: 'timing.deadNoHeartbeatDatastoreMs', timing: { deadNoHeartbeatDatastoreMs: 1400 }, problem: /hostTimeoutMs \+ icmpPingTimeoutMs/ },
-    { key: 'timing.storageCallTimeoutMs', timing: { storageCallTimeoutMs: 1000 }, problem: /< selfFenceDeadlineMs/ },
-    { key: 'timing.masterIsolationMs', timing: { masterIsolationMs: 150 }, problem: /2 x heartbeatIntervalMs/ },
-    { key: 'timing.slaveIsolationMs', timing: { slaveIsolationMs: 1000 }, problem: /> hostTimeoutMs/ },
+    { key: 'timing.leaseTimeoutMs', timing: { leaseSafetyMarginMs: F.leaseTimeoutMs - F.selfFenceDeadlineMs }, problem: /selfFenceDeadlineMs .* leaseSafetyMarginMs/ },
+    { key: 'timing.selfFenceDeadlineMs', timing: { storageCallTimeoutMs: F.selfFenceDeadlineMs - F.storageHeartbeatIntervalMs }, problem: /storageHeartbeatIntervalMs .* storageCallTimeoutMs/ },
+    { key: 'timing.leaseTimeoutMs', timing: { storageHeartbeatIntervalMs: Math.floor(F.leaseTimeoutMs / 2) + 1 }, problem: /2 x storageHeartbeatIntervalMs/ },
+    { key: 'timing.hostTimeoutMs', timing: { heartbeatIntervalMs: Math.floor(F.hostTimeoutMs / 3) + 1 }, problem: /3 x heartbeatIntervalMs/ },
+    { key: 'timing.electionWindowMs', timing: { electionWindowMs: 2 * F.heartbeatIntervalMs - 1 }, problem: /2 x heartbeatIntervalMs/ },
+    { key: 'timing.storageWatchAfterMs', timing: { storageWatchAfterMs: F.hostTimeoutMs }, problem: /< hostTimeoutMs/ },
+    { key: 'timing.deadMs', timing: { deadMs: F.storageWatchAfterMs + F.leaseTimeoutMs - 1 }, problem: /storageWatchAfterMs \+ leaseTimeoutMs/ },
+    { key: 'timing.deadMs', timing: { icmpPingTimeoutMs: F.deadMs - F.hostTimeoutMs + 1 }, problem: /hostTimeoutMs \+ icmpPingTimeoutMs/ },
+    { key: 'timing.deadNoHeartbeatDatastoreMs', timing: { deadNoHeartbeatDatastoreMs: F.hostTimeoutMs + F.icmpPingTimeoutMs - 1 }, problem: /hostTimeoutMs \+ icmpPingTimeoutMs/ },
+    { key: 'timing.storageCallTimeoutMs', timing: { storageCallTimeoutMs: F.selfFenceDeadlineMs }, problem: /< selfFenceDeadlineMs/ },
+    { key: 'timing.masterIsolationMs', timing: { masterIsolationMs: 2 * F.heartbeatIntervalMs - 1 }, problem: /2 x heartbeatIntervalMs/ },
+    { key: 'timing.slaveIsolationMs', timing: { slaveIsolationMs: F.hostTimeoutMs }, problem: /> hostTimeoutMs/ },
     { key: 'restart.maxAttempts', timing: { restartRetryDelaysMs: [1000] }, problem: /retry delays/ },
   ];
 

@@ -5,7 +5,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HostCore, type CoreAction, type CoreEvent, type HostId, type Message, type Role } from '@vigil/core';
-import { heartbeatDatastoresFor, type ClusterConfig } from '@vigil/config';
+import { canonicalAddress, heartbeatDatastoresFor, type ClusterConfig } from '@vigil/config';
 import {
   chooseIncarnation,
   decode,
@@ -366,7 +366,7 @@ export class Agent {
     const env = res.env;
     const sender = this.config.hosts[env.sender];
     if (!sender || env.sender === this.host) return this.drop('unknownSender', d, `sender ${env.sender} is not another host of this cluster`, now);
-    if (this.addressToHost.get(`${d.address}|${d.port}`) !== env.sender) {
+    if (this.addressToHost.get(`${canonicalAddress(d.address)}|${d.port}`) !== env.sender) {
       return this.drop('wrongSource', d, `claims ${env.sender} (${sender.address}:${sender.port}) but came from ${d.address}:${d.port}`, now);
     }
     const verdict = this.replay.check(env.sender, env.incarnation, env.seq);

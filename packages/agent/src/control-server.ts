@@ -84,6 +84,9 @@ export class ControlServer {
       if (!req || typeof req !== 'object' || typeof (req as ControlRequest).cmd !== 'string') {
         return reply({ ok: false, error: 'request must be an object with a string "cmd"' });
       }
+      // The request is complete: operations may take long (a VM start waits for its power-on
+      // and its protectedlist commit); only the client's own timeout applies from here.
+      sock.setTimeout(0);
       Promise.resolve()
         .then(() => this.handler(req as ControlRequest))
         .then(

@@ -315,7 +315,7 @@ export class StorageRuntime {
         const snap = await lease.read();
         // Only this host ever holds host-N-hb: a record of ours is from an earlier life (or a
         // holding this process abandoned after a self-fence), so take it over at once.
-        const own = snap.record && snap.record.host === this.host && snap.record.state === 'held' ? snap.record : undefined;
+        const own = snap.record && snap.record.host === this.host && snap.record.state === 'held' ? { ...snap.record, maxClaim: snap.maxClaim } : undefined;
         const h = own ? await lease.acquire(own) : snap.lockExists && !snap.record ? await lease.acquire(undefined).catch(() => this.forceOwn(lease)) : await lease.acquire();
         if (this.stopped) {
           await lease.release();
@@ -397,6 +397,7 @@ export class StorageRuntime {
                 datastore: ds,
                 record: snap.record,
                 lockExists: snap.lockExists,
+                maxClaim: snap.maxClaim,
                 ...(snap.error ? { error: snap.error } : {}),
               });
             })

@@ -164,7 +164,7 @@ export class VmRuntime {
         if (!base) return;
         try {
           const snap = await vmLease({ datastorePath: base, cluster: this.config.cluster, vm, host: this.opts.host, timeoutMs: this.config.timing.storageCallTimeoutMs }).read();
-          this.opts.feed({ type: 'vmLeaseSample', now: this.opts.clock.now(), vm, record: snap.record, lockExists: snap.lockExists });
+          this.opts.feed({ type: 'vmLeaseSample', now: this.opts.clock.now(), vm, record: snap.record, lockExists: snap.lockExists, maxClaim: snap.maxClaim });
         } catch {
           /* unreadable now: no sample, so it is not judged dead on this basis */
         }

@@ -232,7 +232,7 @@ describe('vigil datastore show: resolving NAME|PATH', () => {
   it('by name with a config: cluster, timing and heartbeat hosts come from it', async () => {
     const cfg = await writeConfig({ ds1: ds, other: join(root, 'other') });
     const r = await resolveDatastore('ds1', { config: cfg });
-    expect(r).toMatchObject({ name: 'ds1', path: ds, cluster: CLUSTER, configFile: cfg, leaseTimeoutMs: 1500, leaseTimeoutSource: 'config', storageHeartbeatIntervalMs: 500 });
+    expect(r).toMatchObject({ name: 'ds1', path: ds, cluster: CLUSTER, configFile: cfg, leaseTimeoutMs: 1700, leaseTimeoutSource: 'config', storageHeartbeatIntervalMs: 500 });
     expect(r.heartbeatHosts).toEqual(['host-1']);
     // A path that is a configured datastore gets its name.
     expect((await resolveDatastore(ds, { config: cfg })).name).toBe('ds1');

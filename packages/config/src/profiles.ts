@@ -139,12 +139,14 @@ export const FAST_TIMING: Readonly<Timing> = Object.freeze({
   storageWatchAfterMs: 300,
   icmpPingTimeoutMs: 500,
   deadNoHeartbeatDatastoreMs: 1500,
-  deadMs: 1800,
+  deadMs: 2000,
   storageHeartbeatIntervalMs: 500,
-  leaseTimeoutMs: 1500,
-  selfFenceDeadlineMs: 1000,
+  // Storage keeps FDM's margins in absolute terms rather than 1/10: an fsync on a loaded
+  // 2-core lab machine can take several hundred milliseconds.
+  leaseTimeoutMs: 1700,
+  selfFenceDeadlineMs: 1300,
   leaseSafetyMarginMs: 300,
-  storageCallTimeoutMs: 400,
+  storageCallTimeoutMs: 700,
   datastoreProbeIntervalMs: 500,
   slaveIsolationMs: 3000,
   masterIsolationMs: 500,

@@ -19,7 +19,7 @@ export type CoreEvent =
   /** The agent is stopping (SIGTERM): give up roles cleanly. */
   | { type: 'shutdown'; now: number }
   /** A periodic read of a datastore's protectedlist lease record (every host samples these). */
-  | { type: 'protectedlistSample'; now: number; datastore: string; record: LeaseRecordView | null; lockExists: boolean; error?: string }
+  | { type: 'protectedlistSample'; now: number; datastore: string; record: LeaseRecordView | null; lockExists: boolean; maxClaim: number; error?: string }
   /** Result of an acquireProtectedlist action. `vms`: the list found on disk (null if none or unreadable). */
   | { type: 'protectedlistAcquired'; now: number; datastore: string; generation: number; vms: string[] | null; error?: string }
   | { type: 'protectedlistAcquireFailed'; now: number; datastore: string; error: string }
@@ -44,7 +44,7 @@ export type CoreEvent =
   /** Master: every host's poweron file and poweredoff/ have been read once since it became master. */
   | { type: 'inventoryScanned'; now: number }
   /** Master: a read of a VM's lease record. */
-  | { type: 'vmLeaseSample'; now: number; vm: string; record: LeaseRecordView | null; lockExists: boolean }
+  | { type: 'vmLeaseSample'; now: number; vm: string; record: LeaseRecordView | null; lockExists: boolean; maxClaim: number }
   /** Master: restart state found on disk when it took a protectedlist. */
   | { type: 'restartQueue'; now: number; datastore: string; entries: { vm: string; attempts: number; failed: boolean }[] }
   /** Every host: the hosts in maintenance mode, as the `maintenance` file on a datastore says. */
@@ -67,6 +67,8 @@ export interface LeaseRecordView {
   counter: number;
   token: string;
   state: 'held' | 'released';
+  /** Highest generation claimed (a takeover claims exactly the next one). */
+  maxClaim?: number;
 }
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';

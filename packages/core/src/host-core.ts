@@ -91,7 +91,7 @@ export class HostCore {
         break;
       case 'protectedlistWritten':
         out.push(...this.ownership.step(ev));
-        if (master) out.push(...(ev.error ? this.vms.commitFailed(ev.datastore, ev.error) : this.vms.committed(ev.datastore, ev.vms)));
+        if (master) out.push(...this.translate(ev.error ? this.vms.commitFailed(ev.datastore, ev.error) : this.vms.committed(ev.datastore, ev.vms)));
         break;
       case 'heartbeatLost':
         out.push({ type: 'log', level: 'warn', event: 'heartbeat.lost', message: `own storage heartbeat on ${ev.datastore} lost: ${ev.reason}`, fields: { datastore: ev.datastore, reason: ev.reason } });
@@ -115,7 +115,7 @@ export class HostCore {
         if (master) this.vms.markInventoryReady();
         break;
       case 'vmLeaseSample':
-        this.vms.leaseSample(ev.vm, ev.record, ev.lockExists, ev.now);
+        this.vms.leaseSample(ev.vm, ev.record, ev.lockExists, ev.maxClaim, ev.now);
         break;
       case 'restartQueue':
         if (master) this.vms.restoreQueue(ev.entries);
@@ -353,10 +353,10 @@ export class HostCore {
         return { host, state: st.role === 'master' ? 'master' : st.role === 'election' ? 'election' : 'connected', lastHeartbeatMs: null, datastores: st.datastores.length, ...base };
       }
       const p = peers.get(host);
-      if (!p || p.lastHeard === -Infinity) return { host, state: 'unknown', lastHeartbeatMs: null, datastores: null, ...base };
+      const failure = st.role === 'master' ? this.failure.state(host) : null;
+      if (!p || p.lastHeard === -Infinity) return { host, state: failure && failure !== 'connected' ? failure : 'unknown', lastHeartbeatMs: null, datastores: null, ...base };
       const age = this.now - p.lastHeard;
       let state: HostView['state'];
-      const failure = st.role === 'master' ? this.failure.state(host) : null;
       if (failure && failure !== 'connected') state = failure;
       else if (age >= this.timing.hostTimeoutMs) state = 'unreachable';
       else if (st.role === 'master' && slaves.has(host)) state = 'connected';

@@ -50,7 +50,7 @@ export interface PowerOnMsg {
   vm: string;
   req: number;
   /**
-   * The VM lease record the master judged dead, `host:generation:token:counter`, or `orphan`
+   * The VM lease state the master judged dead, `host:generation:token:counter:maxClaim`, or `orphan`
    * (a lock seen without a record), or '' when the lease is free. The host takes the lease
    * over only if the record is still exactly this one.
    */
@@ -58,7 +58,7 @@ export interface PowerOnMsg {
 }
 
 /** Encode a lease record for PowerOnMsg.takeover. */
-export const TAKEOVER_PATTERN = /^(|orphan|host-[0-9]{1,9}:[0-9]{1,15}:[0-9a-f]{8,64}:[0-9]{1,15})$/;
+export const TAKEOVER_PATTERN = /^(|orphan|host-[0-9]{1,9}:[0-9]{1,15}:[0-9a-f]{8,64}:[0-9]{1,15}:[0-9]{1,15})$/;
 
 /** Master -> host: stop this VM (graceful: shutdown forced off after timeoutMs; else hard off). */
 export interface PowerOffMsg {

@@ -102,9 +102,10 @@ export class Ownership {
     this.out = [];
     switch (ev.type) {
       case 'protectedlistSample': {
-        this.lastRecord.set(ev.datastore, ev.record);
-        const value = ev.record ? `${ev.record.host}:${ev.record.generation}:${ev.record.token}:${ev.record.counter}` : ev.lockExists ? 'lock-without-record' : null;
-        this.tracker.observe(ev.datastore, { value, released: ev.record?.state === 'released' }, ev.now);
+        this.lastRecord.set(ev.datastore, ev.record ? { ...ev.record, maxClaim: ev.maxClaim } : null);
+        // The highest claim is part of the state: a claim in progress is a change, not death.
+        const value = ev.record ? `${ev.record.host}:${ev.record.generation}:${ev.record.token}:${ev.record.counter}:${ev.maxClaim}` : ev.lockExists ? `lock-without-record:${ev.maxClaim}` : null;
+        this.tracker.observe(ev.datastore, { value, released: ev.record?.state === 'released' && ev.maxClaim === ev.record.generation }, ev.now);
         break;
       }
       case 'protectedlistAcquired': {
@@ -158,6 +159,8 @@ export class Ownership {
         break;
       case 'tick':
         if (this.want) this.tryAcquire(ev.now);
+        // A write that failed is retried until the list on disk is what this master wants.
+        for (const [d, s] of this.ds) if (s.kind === 'held' && s.written === null) this.flush(d);
         break;
       default:
         break;

@@ -230,10 +230,11 @@ export class VmManager {
     this.inventoryReady = true;
   }
 
-  leaseSample(vm: string, record: LeaseRecordView | null, lockExists: boolean, now: number): void {
-    const value = record ? `${record.host}:${record.generation}:${record.token}:${record.counter}` : lockExists ? 'lock-without-record' : null;
-    this.leases.observe(vm, { value, released: record?.state === 'released' }, now);
-    this.leaseRecords.set(vm, record ? (record.state === 'released' ? '' : value!) : lockExists ? 'orphan' : '');
+  leaseSample(vm: string, record: LeaseRecordView | null, lockExists: boolean, maxClaim: number, now: number): void {
+    const value = record ? `${record.host}:${record.generation}:${record.token}:${record.counter}:${maxClaim}` : lockExists ? `lock-without-record:${maxClaim}` : null;
+    const released = record?.state === 'released' && maxClaim === record.generation;
+    this.leases.observe(vm, { value, released }, now);
+    this.leaseRecords.set(vm, record ? (released ? '' : value!) : lockExists ? 'orphan' : '');
   }
 
   /** What a host must present to take the VM's lease over ('' when it is free). */
@@ -604,7 +605,8 @@ export class VmManager {
     this.out = [];
     // Expire lost requests: the lease and the poweron files will tell what happened.
     for (const [vm, t] of this.tracks) {
-      if (t.pending && now - t.pending.since > this.powerOnTimeoutMs) {
+      const limit = t.pending && (t.pending.kind === 'stop' || t.pending.kind === 'evacuate') ? this.stopTimeoutMs + this.powerOnTimeoutMs : this.powerOnTimeoutMs;
+      if (t.pending && now - t.pending.since > limit) {
         this.log('warn', 'vm.request-timeout', `no answer from ${t.pending.host} about ${vm} within ${this.powerOnTimeoutMs} ms`, { vm, host: t.pending.host });
         const cmd = [...this.commands.values()].find((c) => c.cmd.vm === vm && (c.stage === 'powering' || c.stage === 'stopping'));
         if (cmd) {

@@ -8,28 +8,28 @@ describe('Ownership (master side of protectedlist locking)', () => {
   it('takes free datastores on becoming master, waits on live holders, takes over dead ones only after the lease timeout', () => {
     const o = new Ownership({ self: 'host-2', leaseTimeoutMs: 1500, retryMs: 500 });
     o.setAccessible(['ds1', 'ds2']);
-    o.step({ type: 'protectedlistSample', now: 0, datastore: 'ds1', record: null, lockExists: false });
-    o.step({ type: 'protectedlistSample', now: 0, datastore: 'ds2', record: rec('host-9', 1), lockExists: true });
+    o.step({ type: 'protectedlistSample', now: 0, datastore: 'ds1', record: null, lockExists: false, maxClaim: 0 });
+    o.step({ type: 'protectedlistSample', now: 0, datastore: 'ds2', record: rec('host-9', 1), lockExists: true, maxClaim: 1 });
     const out = o.setWanted(true, 0, 'became master');
     expect(acquires(out)).toEqual([{ type: 'acquireProtectedlist', datastore: 'ds1', takeover: null }]);
     // ds2's holder keeps renewing: never taken.
     for (let t = 250; t <= 5000; t += 250) {
-      o.step({ type: 'protectedlistSample', now: t, datastore: 'ds2', record: rec('host-9', 1 + t / 250), lockExists: true });
+      o.step({ type: 'protectedlistSample', now: t, datastore: 'ds2', record: rec('host-9', 1 + t / 250), lockExists: true, maxClaim: 1 });
       expect(acquires(o.step({ type: 'tick', now: t }))).toEqual([]);
     }
     // It stops renewing at t=5000: still not taken at 6499, taken over at 6500.
     for (let t = 5250; t < 6500; t += 250) {
-      o.step({ type: 'protectedlistSample', now: t, datastore: 'ds2', record: rec('host-9', 21), lockExists: true });
+      o.step({ type: 'protectedlistSample', now: t, datastore: 'ds2', record: rec('host-9', 21), lockExists: true, maxClaim: 1 });
       expect(acquires(o.step({ type: 'tick', now: t })), `t=${t}`).toEqual([]);
     }
-    o.step({ type: 'protectedlistSample', now: 6500, datastore: 'ds2', record: rec('host-9', 21), lockExists: true });
-    expect(acquires(o.step({ type: 'tick', now: 6500 }))).toEqual([{ type: 'acquireProtectedlist', datastore: 'ds2', takeover: rec('host-9', 21) }]);
+    o.step({ type: 'protectedlistSample', now: 6500, datastore: 'ds2', record: rec('host-9', 21), lockExists: true, maxClaim: 1 });
+    expect(acquires(o.step({ type: 'tick', now: 6500 }))).toEqual([{ type: 'acquireProtectedlist', datastore: 'ds2', takeover: { ...rec('host-9', 21), maxClaim: 1 } }]);
   });
 
   it('learns the protected VMs from the list on disk, rewrites it with its own header, and releases everything when no longer master', () => {
     const o = new Ownership({ self: 'host-2', leaseTimeoutMs: 1500, retryMs: 500 });
     o.setAccessible(['ds1']);
-    o.step({ type: 'protectedlistSample', now: 0, datastore: 'ds1', record: rec('host-1', 4, 'released'), lockExists: false });
+    o.step({ type: 'protectedlistSample', now: 0, datastore: 'ds1', record: rec('host-1', 4, 'released'), lockExists: false, maxClaim: 1 });
     o.setWanted(true, 0, 'became master');
     const out = o.step({ type: 'protectedlistAcquired', now: 10, datastore: 'ds1', generation: 2, vms: ['ds1:vms/a.json', 'ds1:vms/b.json'] });
     expect(out).toContainEqual({ type: 'writeProtectedlist', datastore: 'ds1', vms: ['ds1:vms/a.json', 'ds1:vms/b.json'] });
@@ -48,7 +48,7 @@ describe('Ownership (master side of protectedlist locking)', () => {
     const o = new Ownership({ self: 'host-2', leaseTimeoutMs: 1500, retryMs: 500 });
     expect(o.setProtected('ds1', 'ds1:vms/a.json', true)).toEqual([]);
     o.setAccessible(['ds1']);
-    o.step({ type: 'protectedlistSample', now: 0, datastore: 'ds1', record: null, lockExists: false });
+    o.step({ type: 'protectedlistSample', now: 0, datastore: 'ds1', record: null, lockExists: false, maxClaim: 0 });
     o.setWanted(true, 0, 'became master');
     o.step({ type: 'protectedlistAcquired', now: 1, datastore: 'ds1', generation: 1, vms: null });
     o.step({ type: 'protectedlistLost', now: 2, datastore: 'ds1', reason: 'self-fence' });
@@ -58,12 +58,12 @@ describe('Ownership (master side of protectedlist locking)', () => {
   it('takes over its own record from an earlier life at once, and an orphaned lock only after the lease timeout', () => {
     const o = new Ownership({ self: 'host-2', leaseTimeoutMs: 1500, retryMs: 100 });
     o.setAccessible(['ds1', 'ds2']);
-    o.step({ type: 'protectedlistSample', now: 0, datastore: 'ds1', record: rec('host-2', 7), lockExists: true });
-    o.step({ type: 'protectedlistSample', now: 0, datastore: 'ds2', record: null, lockExists: true });
-    expect(acquires(o.setWanted(true, 0, 'became master'))).toEqual([{ type: 'acquireProtectedlist', datastore: 'ds1', takeover: rec('host-2', 7) }]);
-    o.step({ type: 'protectedlistSample', now: 1400, datastore: 'ds2', record: null, lockExists: true });
+    o.step({ type: 'protectedlistSample', now: 0, datastore: 'ds1', record: rec('host-2', 7), lockExists: true, maxClaim: 1 });
+    o.step({ type: 'protectedlistSample', now: 0, datastore: 'ds2', record: null, lockExists: true, maxClaim: 0 });
+    expect(acquires(o.setWanted(true, 0, 'became master'))).toEqual([{ type: 'acquireProtectedlist', datastore: 'ds1', takeover: { ...rec('host-2', 7), maxClaim: 1 } }]);
+    o.step({ type: 'protectedlistSample', now: 1400, datastore: 'ds2', record: null, lockExists: true, maxClaim: 0 });
     expect(acquires(o.step({ type: 'tick', now: 1400 }))).toEqual([]);
-    o.step({ type: 'protectedlistSample', now: 1500, datastore: 'ds2', record: null, lockExists: true });
+    o.step({ type: 'protectedlistSample', now: 1500, datastore: 'ds2', record: null, lockExists: true, maxClaim: 0 });
     expect(acquires(o.step({ type: 'tick', now: 1500 }))).toEqual([{ type: 'acquireProtectedlist', datastore: 'ds2', takeover: 'orphan' }]);
   });
 });

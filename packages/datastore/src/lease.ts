@@ -157,24 +157,42 @@ export class LeaseFile {
    *   timeout; taken over if there is still no readable record.
    * Throws LeaseError ELOCKED (held by someone), ECHANGED (the record moved on: not stale), or EIO.
    */
-  async acquire(takeover?: LeaseRecord | 'orphan'): Promise<Holding> {
+  async acquire(takeover?: (LeaseRecord & { maxClaim?: number }) | 'orphan'): Promise<Holding> {
     if (this.holding) return { ...this.holding };
     const snap = await this.read();
     const rec = snap.record;
+    // The generation to claim is always the one right after the highest claim in the state the
+    // caller judged: every contender that judged the same state claims the same number, and
+    // O_EXCL lets exactly one of them have it. A contender whose view is older finds the state
+    // moved on and stops. (Claiming "one more than whatever is there now" would let a late
+    // contender claim g+2 while the winner of g+1 is still writing its record: two holders.)
+    let base: number;
     if (takeover === 'orphan') {
       // A lock directory whose record was missing or unreadable for the whole lease timeout.
       if (rec) throw new LeaseError(`${this.opts.name}: a record appeared since the lock was judged orphaned; not taking over`, 'ECHANGED');
+      base = snap.maxClaim;
     } else if (takeover) {
-      if (!rec || rec.generation !== takeover.generation || rec.token !== takeover.token || rec.counter !== takeover.counter) {
+      if (!rec || rec.host !== takeover.host || rec.generation !== takeover.generation || rec.token !== takeover.token || rec.counter !== takeover.counter) {
         throw new LeaseError(`${this.opts.name}: the record changed since it was judged dead; not taking over`, 'ECHANGED');
       }
-    } else if ((rec && rec.state === 'held') || (snap.lockExists && !(rec && rec.state === 'released'))) {
-      // A record that says held is held, lock directory or not (its holder may have died
-      // without cleaning up): only an observer that saw it unchanged for the lease timeout
-      // may take it over.
-      throw new LeaseError(`${this.opts.name} is held by ${rec?.host ?? 'an unknown holder'}${snap.error ? ` (${snap.error})` : ''}`, 'ELOCKED');
+      const judged = takeover.maxClaim ?? rec.generation;
+      if (snap.maxClaim !== judged) {
+        throw new LeaseError(`${this.opts.name}: generation ${snap.maxClaim} was claimed since it was judged dead; not taking over`, 'ECHANGED');
+      }
+      base = judged;
+    } else {
+      if ((rec && rec.state === 'held') || (snap.lockExists && !(rec && rec.state === 'released'))) {
+        // A record that says held is held, lock directory or not (its holder may have died
+        // without cleaning up): only an observer that saw it unchanged for the lease timeout
+        // may take it over.
+        throw new LeaseError(`${this.opts.name} is held by ${rec?.host ?? 'an unknown holder'}${snap.error ? ` (${snap.error})` : ''}`, 'ELOCKED');
+      }
+      if (snap.maxClaim !== (rec?.generation ?? 0)) {
+        throw new LeaseError(`${this.opts.name}: generation ${snap.maxClaim} is being acquired by another host`, 'ELOCKED');
+      }
+      base = snap.maxClaim;
     }
-    const generation = Math.max(snap.maxClaim, rec?.generation ?? 0) + 1;
+    const generation = base + 1;
     const token = randomBytes(8).toString('hex');
     // The claim: exactly one contender creates generation g+1.
     await this.t('claim', async () => {
@@ -308,5 +326,6 @@ export class LeaseFile {
 export function sampleOf(snap: LeaseSnapshot): { value: string | null; released: boolean } {
   const r = snap.record;
   if (!r) return { value: snap.lockExists ? `lock-without-record:${snap.maxClaim}` : null, released: false };
-  return { value: `${r.host}:${r.generation}:${r.token}:${r.counter}`, released: r.state === 'released' };
+  // The highest claim is part of the state: a claim in progress is a change (not a dead holder).
+  return { value: `${r.host}:${r.generation}:${r.token}:${r.counter}:${snap.maxClaim}`, released: r.state === 'released' && snap.maxClaim === r.generation };
 }

@@ -18,6 +18,12 @@ export class StorageTimeoutError extends Error {
  */
 const hanging = new Map<string, number>();
 
+/**
+ * New calls to a datastore fail at once while this many calls to it have timed out and not
+ * returned: one slow call is tolerated, a hung mount is cut off before it takes the thread pool.
+ */
+export const MAX_HANGING_PER_DATASTORE = 4;
+
 export function hangingCalls(key?: string): number {
   if (key !== undefined) return hanging.get(key) ?? 0;
   let n = 0;
@@ -33,7 +39,7 @@ export function storageKeyOf(path: string): string {
 
 export function withTimeout<T>(what: string, ms: number, op: () => Promise<T>, key?: string): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    if (key !== undefined && (hanging.get(key) ?? 0) > 0) {
+    if (key !== undefined && (hanging.get(key) ?? 0) >= MAX_HANGING_PER_DATASTORE) {
       reject(new StorageTimeoutError(`${what} (an earlier call to this datastore is still hanging)`, ms));
       return;
     }

@@ -140,6 +140,14 @@ describe('LeaseFile', () => {
   });
 });
 
+async function until(f: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 describe('LeaseKeeper', () => {
   it('renews on its interval and reports lost before the self-fence deadline when renewals fail', async () => {
     const a = lease('host-1', 'host-1-hb');
@@ -149,7 +157,7 @@ describe('LeaseKeeper', () => {
     await a.acquire();
     keeper.add('hb', a, 0);
     keeper.renewAll();
-    await new Promise((r) => setTimeout(r, 50));
+    await until(() => events.length > 0);
     expect(events).toContainEqual({ type: 'renewed', key: 'hb', counter: 1 });
     expect(keeper.valid('hb')).toBe(true);
     // Storage broken: the record path became a directory, so every renewal write fails (EISDIR).
@@ -157,7 +165,7 @@ describe('LeaseKeeper', () => {
     await mkdir(join(dir, 'host-1-hb.owner'));
     now = 500;
     keeper.renewAll();
-    await new Promise((r) => setTimeout(r, 50));
+    await until(() => events.length > 1);
     expect(events.filter((e) => e.type === 'renewFailed').length).toBe(1);
     expect(events.some((e) => e.type === 'lost')).toBe(false);
     now = 1000 - keeper.checkMs - 1;

@@ -15,7 +15,7 @@ const vmId = fc
 const takeover = fc.oneof(
   fc.constant(''),
   fc.constant('orphan'),
-  fc.tuple(hostId, fc.integer({ min: 1, max: 1e9 }), fc.stringMatching(/^[0-9a-f]{16}$/), fc.nat()).map(([h, g, t, c]) => `${h}:${g}:${t}:${c}`),
+  fc.tuple(hostId, fc.integer({ min: 1, max: 1e9 }), fc.stringMatching(/^[0-9a-f]{16}$/), fc.nat(), fc.nat()).map(([h, g, t, c, m]) => `${h}:${g}:${t}:${c}:${m}`),
 );
 
 const message: fc.Arbitrary<Message> = fc.oneof(

@@ -50,7 +50,7 @@ export const SAMPLE_MESSAGES: Message[] = [
   { type: 'masterHeartbeat', datastores: 2, maintenance: false, generation: 41 },
   { type: 'slaveHeartbeat', datastores: 0, master: 'host-7', memoryMB: 4096, cpus: 16 },
   { type: 'abdicate', to: 'host-100' },
-  { type: 'powerOn', vm: 'ds1:vms/web-1.json', req: 7, takeover: 'host-3:4:0123456789abcdef:17' },
+  { type: 'powerOn', vm: 'ds1:vms/web-1.json', req: 7, takeover: 'host-3:4:0123456789abcdef:17:4' },
   { type: 'powerOff', vm: 'ds1:vms/web-1.json', req: 8, graceful: true, timeoutMs: 30000 },
   { type: 'vmResult', vm: 'ds1:vms/web-1.json', req: 7, ok: false, leaseHeld: true, error: 'VM lease held by host-3' },
   { type: 'vmStopped', vm: 'ds1:vms/web-1.json', reason: 'exited' },

@@ -180,9 +180,18 @@ export async function hostsOf(lab: Lab, host: string): Promise<{ master: string 
 }
 
 /** A `vm` control request (stop, start, ...) through `via`; returns the agent's message. */
-export async function vmOp(lab: Lab, via: string, op: string, vm: string, extra: Record<string, unknown> = {}): Promise<string> {
-  const r = (await controlRequest(lab.paths.socket(via), { cmd: 'vm', op, vm, ...extra }, 60_000)) as { message: string };
+export async function vmOp(lab: Lab, via: string, op: string, vm: string, extra: Record<string, unknown> = {}, timeoutMs = 20_000): Promise<string> {
+  const r = (await controlRequest(lab.paths.socket(via), { cmd: 'vm', op, vm, ...extra }, timeoutMs)) as { message: string };
   return r.message;
+}
+
+/** A `vm` request whose answer is collected later (never rejects): ok, message, ms taken. */
+export function vmOpLater(lab: Lab, via: string, op: string, vm: string, timeoutMs = 20_000): Promise<{ ok: boolean; msg: string; after: number }> {
+  const t0 = Date.now();
+  return vmOp(lab, via, op, vm, {}, timeoutMs).then(
+    (msg) => ({ ok: true, msg, after: Date.now() - t0 }),
+    (err: Error) => ({ ok: false, msg: err.message, after: Date.now() - t0 }),
+  );
 }
 
 export function byName(vms: readonly VmRow[]): Map<string, VmRow> {
@@ -321,8 +330,8 @@ export async function startVmLab(
   return { lab, dir, hosts, master, names };
 }
 
-/** Supervisors (node supervisor-main.js) whose arguments point into `dir`. */
-async function supervisorsOf(dir: string): Promise<number[]> {
+/** Supervisors (node supervisor-main.js) whose arguments point into `dir` (and serve `host`, if given). */
+async function supervisorsOf(dir: string, host?: string): Promise<number[]> {
   const r = await run('pgrep', ['-a', '-f', 'supervisor-main\\.js']);
   if (r.code !== 0) return [];
   const out: number[] = [];
@@ -332,8 +341,8 @@ async function supervisorsOf(dir: string): Promise<number[]> {
     const encoded = parts[parts.length - 1];
     if (!pid || !encoded) continue;
     try {
-      const args = JSON.parse(Buffer.from(encoded, 'base64url').toString('utf8')) as { stateFile?: string };
-      if (typeof args.stateFile === 'string' && args.stateFile.startsWith(dir + '/')) out.push(pid);
+      const args = JSON.parse(Buffer.from(encoded, 'base64url').toString('utf8')) as { stateFile?: string; host?: string };
+      if (typeof args.stateFile === 'string' && args.stateFile.startsWith(dir + '/') && (!host || args.host === host)) out.push(pid);
     } catch {
       /* not one of ours */
     }
@@ -443,4 +452,33 @@ export async function holdFor(what: string, ms: number, check: () => Promise<str
     if (Date.now() >= end) return polls;
     await tick(intervalMs);
   }
+}
+
+/**
+ * A power cut of `host` (Lab.kill), made complete: Lab.kill finds the VM supervisors through
+ * their state files, so a supervisor the agent spawned a moment before (no state file yet)
+ * survives it and goes on to start its VM on a host that is supposed to be off. Such strays are
+ * killed here (with their VM) and returned, so the caller can report them.
+ */
+export async function powerCut(lab: Lab, dir: string, ...hosts: string[]): Promise<string[]> {
+  for (const host of hosts) await lab.kill(host); // one after the other: Lab.kill rewrites lab.json
+  const strays: string[] = [];
+  // SIGKILL takes a moment to land; a supervisor still there 100 ms later escaped the cut. Two
+  // scans, as one may have been between fork and exec when the agent died.
+  for (let scan = 0; scan < 2; scan++) {
+    await tick(100);
+    for (const host of hosts) for (const pid of await supervisorsOf(dir, host)) {
+      strays.push(`supervisor pid ${pid} of ${host} survived lab.kill(${host})`);
+      try {
+        process.kill(-pid, 'SIGKILL');
+      } catch {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+    }
+  }
+  return strays;
 }

@@ -63,7 +63,7 @@ export function registerStatus(program: Command): void {
       }
       process.stdout.write(
         table(
-          ['HOST', 'ADDRESS', 'STATE', 'LAST HEARTBEAT', 'STORAGE HB', 'ISOLATED', 'VMS', 'DATASTORES'],
+          ['HOST', 'ADDRESS', 'STATE', 'LAST HEARTBEAT', 'STORAGE HB', 'ISOLATED', 'VMS', 'DATASTORES', 'MAINTENANCE'],
           res.hosts.map((h) => [
             h.host,
             h.address,
@@ -73,6 +73,7 @@ export function registerStatus(program: Command): void {
             h.isolated === null ? '-' : h.isolated ? 'yes' : 'no',
             h.vms,
             h.datastores,
+            h.maintenance ? 'yes' : 'no',
           ]),
         ) + '\n',
       );

@@ -59,9 +59,11 @@ export async function runSupervisor(a: SupervisorArgs): Promise<number> {
   try {
     const snap = await lease.read();
     const r = snap.record;
-    const own = a.takeoverOwn && r?.host === a.host && r.state === 'held' ? r : undefined;
-    // A takeover is allowed only of the exact record the master saw unchanged for the lease timeout.
-    const judged = r && a.takeover === `${r.host}:${r.generation}:${r.token}:${r.counter}` ? r : undefined;
+    const own = a.takeoverOwn && r?.host === a.host && r.state === 'held' ? { ...r, maxClaim: snap.maxClaim } : undefined;
+    // A takeover is allowed only of the exact state the master saw unchanged for the lease timeout.
+    const parts = a.takeover.split(':');
+    const judged =
+      r && parts.length === 5 && parts.slice(0, 4).join(':') === `${r.host}:${r.generation}:${r.token}:${r.counter}` ? { ...r, maxClaim: Number(parts[4]) } : undefined;
     if (a.takeover === 'orphan' && !r && snap.lockExists) await lease.acquire('orphan');
     else await lease.acquire(own ?? judged);
   } catch (err) {
