@@ -88,6 +88,7 @@ export class RpcServer {
           this.onReject(from, 'unauthenticated request');
           return void sock.destroy();
         }
+        sock.setTimeout(0); // an authenticated request may take long (maintenance --evacuate)
         this.handler(msg.body as Record<string, unknown>)
           .then(
             (res) => ({ ok: true, data: res }),
@@ -126,6 +127,7 @@ export function rpcCall(key: Buffer, address: string, port: number, body: Record
       reject(err);
     };
     sock.on('error', (err) => fail(new Error(`cannot reach ${address}:${port}: ${err.message}`)));
+    sock.on('close', () => fail(new Error(`${address}:${port} closed the connection without an answer`)));
     readLine(
       sock,
       256,

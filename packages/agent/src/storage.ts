@@ -173,7 +173,7 @@ export class StorageRuntime {
         return true;
       }
       case 'writeMaintenance':
-        for (const ds of this.plLeases.keys()) void this.writeMaintenance(ds, a.hosts);
+        for (const ds of this.plLeases.keys()) void this.writeMaintenance(ds, a.hosts, a.seq ?? 0);
         return true;
       case 'writeRestartQueue':
         void this.writeRestartQueue(a.datastore, a.entries);
@@ -276,25 +276,28 @@ export class StorageRuntime {
   }
 
   /** The hosts in maintenance mode, one per line (`maintenance`), on every datastore this master owns. */
-  private async writeMaintenance(ds: string, hosts: string[]): Promise<void> {
+  private async writeMaintenance(ds: string, hosts: string[], seq: number): Promise<void> {
     if (!this.plLeases.get(ds)?.held || !this.keeper.valid(plKey(ds))) return;
     const file = join(this.dir(ds), 'maintenance');
-    await writeFileAtomic(file, ['# vigil hosts in maintenance mode', ...hosts].join('\n') + '\n', this.config.timing.storageCallTimeoutMs).catch((err) =>
+    await writeFileAtomic(file, [`# vigil hosts in maintenance mode seq=${seq}`, ...hosts].join('\n') + '\n', this.config.timing.storageCallTimeoutMs).catch((err) =>
       this.noteError(`maintenance:${ds}`, `could not write ${file}: ${describeError(err)}`),
     );
   }
 
-  /** Read the maintenance file of the first accessible datastore that has one. */
+  /** Read the maintenance files of every accessible datastore; the newest copy (highest seq) wins. */
   private async readMaintenance(): Promise<void> {
+    let best: { seq: number; hosts: string[] } | null = null;
     for (const ds of [...this.accessible].sort()) {
       const file = join(this.dir(ds), 'maintenance');
       const text = await withTimeout(`read ${file}`, this.config.timing.storageCallTimeoutMs, () => readFile(file, 'utf8'), storageKeyOf(file)).catch(() => null);
       if (text === null) continue;
-      const hosts = text.split('\n').filter((l) => /^host-[0-9]{1,9}$/.test(l));
-      this.opts.feed({ type: 'maintenanceSample', now: this.clock.now(), hosts });
-      return;
+      const m = /^# vigil hosts in maintenance mode seq=([0-9]{1,15})\n/.exec(text);
+      if (!m || !text.endsWith('\n')) continue; // damaged: another copy or the next write fixes it
+      const seq = Number(m[1]);
+      const hosts = text.split('\n').slice(1).filter((l) => /^host-[0-9]{1,9}$/.test(l));
+      if (!best || seq > best.seq) best = { seq, hosts };
     }
-    this.opts.feed({ type: 'maintenanceSample', now: this.clock.now(), hosts: [] });
+    this.opts.feed({ type: 'maintenanceSample', now: this.clock.now(), hosts: best?.hosts ?? [], seq: best?.seq ?? 0 });
   }
 
   /** Read everything the master follows, now. */
@@ -315,8 +318,15 @@ export class StorageRuntime {
         const snap = await lease.read();
         // Only this host ever holds host-N-hb: a record of ours is from an earlier life (or a
         // holding this process abandoned after a self-fence), so take it over at once.
-        const own = snap.record && snap.record.host === this.host && snap.record.state === 'held' ? { ...snap.record, maxClaim: snap.maxClaim } : undefined;
-        const h = own ? await lease.acquire(own) : snap.lockExists && !snap.record ? await lease.acquire(undefined).catch(() => this.forceOwn(lease)) : await lease.acquire();
+        // Only this host ever holds host-N-hb: whatever is there (a record of an earlier life,
+        // a claim or lock left half-way by a crash) is its own, so it is taken over at once.
+        const r = snap.record;
+        const h =
+          r && r.host === this.host
+            ? await lease.acquire({ ...r, maxClaim: snap.maxClaim })
+            : !r && (snap.lockExists || snap.maxClaim > 0)
+              ? await lease.acquire('orphan')
+              : await lease.acquire();
         if (this.stopped) {
           await lease.release();
           return;
@@ -333,11 +343,6 @@ export class StorageRuntime {
         this.acquiringHb.delete(ds);
       }
     }
-  }
-
-  /** Our own heartbeat lock exists without a readable record: it can only be ours. */
-  private async forceOwn(lease: LeaseFile) {
-    return lease.acquire('orphan');
   }
 
   private async writePoweron(): Promise<void> {

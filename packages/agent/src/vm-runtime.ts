@@ -4,7 +4,7 @@
  */
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { CatalogVm, CoreAction, CoreEvent, HostId } from '@vigil/core';
+import { isVmId, type CatalogVm, type CoreAction, type CoreEvent, type HostId } from '@vigil/core';
 import type { ClusterConfig } from '@vigil/config';
 import { describeError, vmLease, withTimeout, writeFileAtomic } from '@vigil/datastore';
 import { ProcessDriver, validateProcessVm, VM_NAME_RE, RESTART_PRIORITIES, type Driver, type RestartPriority } from '@vigil/drivers';
@@ -141,6 +141,13 @@ export class VmRuntime {
     const vms: CatalogVm[] = [];
     for (const n of names.filter((x) => x.endsWith('.json')).sort()) {
       const id = `${ds}:${VM_DIR}/${n}`;
+      if (!isVmId(id)) {
+        if (this.badFiles.get(id) !== 'bad name') {
+          this.badFiles.set(id, 'bad name');
+          this.opts.logger.log('warn', 'vm.config-invalid', `ignoring ${join(dir, n)}: "${n}" cannot be part of a VM id (letters, digits, . _ - only)`, { file: join(dir, n) });
+        }
+        continue;
+      }
       try {
         const spec = await withTimeout(`read ${n}`, t, () => this.driver.loadSpec(id, join(dir, n)));
         vms.push({ id, name: spec.name, memoryMB: spec.memoryMB, cpus: spec.cpus, priority: spec.restartPriority });

@@ -27,8 +27,8 @@ export const hostSchema = z.strictObject({
   isolationAddresses: z.array(ipAddress).max(10, 'at most 10 isolation addresses').optional(),
   capacity: z
     .strictObject({
-      memoryMB: z.number().int().positive(),
-      cpus: z.number().int().positive(),
+      memoryMB: z.number().int().positive().max(2 ** 31, 'at most 2^31 MB'),
+      cpus: z.number().int().positive().max(1_000_000, 'at most 1,000,000'),
     })
     .optional(),
 });

@@ -162,7 +162,10 @@ export class Election {
         peer.datastores = msg.datastores;
         peer.maintenance = msg.maintenance;
         peer.lastRole = 'election';
-        if (this.role === 'master') {
+        if (this.role === 'master' && this.maintenance && !msg.maintenance) {
+          // A master in maintenance hands over as soon as a host that is not can take it.
+          this.startElection(`${from} (not in maintenance) is available: handing the master role over`);
+        } else if (this.role === 'master') {
           // A joining or re-electing host: tell it at once that a master exists.
           this.send(from, this.masterHeartbeat());
         } else if (this.role === 'slave' && from === this.master && msg.generation >= this.masterGeneration) {

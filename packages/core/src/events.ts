@@ -48,7 +48,7 @@ export type CoreEvent =
   /** Master: restart state found on disk when it took a protectedlist. */
   | { type: 'restartQueue'; now: number; datastore: string; entries: { vm: string; attempts: number; failed: boolean }[] }
   /** Every host: the hosts in maintenance mode, as the `maintenance` file on a datastore says. */
-  | { type: 'maintenanceSample'; now: number; hosts: HostId[] }
+  | { type: 'maintenanceSample'; now: number; hosts: HostId[]; seq: number }
   /** Master: `vigil host maintenance enter|exit HOST [--evacuate]`. */
   | { type: 'maintenanceCommand'; now: number; req: number; host: HostId; enter: boolean; evacuate: boolean }
   /** Master: a VM operation from the CLI (any host forwards to the master). */
@@ -94,7 +94,7 @@ export type CoreAction =
   | { type: 'vmPowerOff'; host: HostId; vm: string; req: number; graceful: boolean; timeoutMs: number }
   | { type: 'setProtection'; vm: string; protected: boolean }
   /** Persist the hosts in maintenance mode (the `maintenance` file on every owned datastore). */
-  | { type: 'writeMaintenance'; hosts: HostId[] }
+  | { type: 'writeMaintenance'; hosts: HostId[]; generation?: number; seq?: number }
   /** Answer a CLI command. */
   | { type: 'reply'; req: number; ok: boolean; message: string }
   /** The master removes a poweredoff/ entry once the VM runs again. */

@@ -53,6 +53,7 @@ export class HostCore {
   private queueWritten = new Map<string, string>();
   private maintenanceLoaded = false;
   private selfMaintenanceReq: number | null = null;
+  private maintenanceSeq = 0;
   private now = 0;
 
   constructor(opts: HostCoreOptions) {
@@ -83,6 +84,9 @@ export class HostCore {
     const master = this.role === 'master';
     switch (ev.type) {
       case 'protectedlistAcquired':
+        out.push(...this.ownership.step(ev));
+        if (master && this.maintenanceLoaded) out.push(...this.translate([{ type: 'writeMaintenance', hosts: this.vms.maintenance() }]));
+        break;
       case 'protectedlistAcquireFailed':
       case 'protectedlistSample':
       case 'protectedlistDamaged':
@@ -121,10 +125,13 @@ export class HostCore {
         if (master) this.vms.restoreQueue(ev.entries);
         break;
       case 'maintenanceSample':
+        this.maintenanceSeq = Math.max(this.maintenanceSeq, ev.seq);
         out.push(...this.election.setMaintenance(ev.hosts.includes(this.self), ev.now));
         if (master && !this.maintenanceLoaded) {
           this.maintenanceLoaded = true;
           this.vms.loadMaintenance(ev.hosts);
+          // Every datastore this master owns gets the same, current copy.
+          out.push(...this.translate([{ type: 'writeMaintenance', hosts: this.vms.maintenance() }]));
         }
         break;
       case 'maintenanceCommand':
@@ -219,6 +226,8 @@ export class HostCore {
       } else if (a.type === 'vmPowerOff') {
         if (a.host === this.self) out.push({ type: 'localPowerOff', vm: a.vm, req: a.req, replyTo: this.self, graceful: a.graceful, timeoutMs: a.timeoutMs });
         else out.push({ type: 'send', to: a.host, msg: { type: 'powerOff', vm: a.vm, req: a.req, graceful: a.graceful, timeoutMs: a.timeoutMs } });
+      } else if (a.type === 'writeMaintenance') {
+        out.push({ ...a, generation: this.election.status().generation, seq: ++this.maintenanceSeq });
       } else if (a.type === 'setProtection') {
         out.push(...this.ownership.setProtected(vmDatastore(a.vm), a.vm, a.protected));
       } else {

@@ -100,9 +100,10 @@ export const MESSAGE_TYPES: readonly MessageType[] = ['election', 'masterHeartbe
 /** Longest error text a vmResult carries, in UTF-8 bytes. */
 export const MAX_ERROR_BYTES = 160;
 
-/** Cut an error text to MAX_ERROR_BYTES without splitting a character. */
+/**
+ * An error text fit for a datagram: printable ASCII only (anything else becomes '?'), at most
+ * MAX_ERROR_BYTES. JSON escaping at most doubles it, so a vmResult stays far below 1,400 bytes.
+ */
 export function clipError(text: string): string {
-  let out = text;
-  while (Buffer.byteLength(out, 'utf8') > MAX_ERROR_BYTES) out = out.slice(0, -1);
-  return out;
+  return text.replace(/[^\x20-\x7e]/g, '?').slice(0, MAX_ERROR_BYTES);
 }

@@ -9,6 +9,7 @@
 import type { HostId } from './ids.js';
 import type { CoreAction, CoreEvent, LeaseRecordView, LogLevel } from './events.js';
 import { ChangeTracker } from './liveness.js';
+import { isVmId } from './ids.js';
 
 type DsState =
   | { kind: 'free' }
@@ -104,7 +105,11 @@ export class Ownership {
       case 'protectedlistSample': {
         this.lastRecord.set(ev.datastore, ev.record ? { ...ev.record, maxClaim: ev.maxClaim } : null);
         // The highest claim is part of the state: a claim in progress is a change, not death.
-        const value = ev.record ? `${ev.record.host}:${ev.record.generation}:${ev.record.token}:${ev.record.counter}:${ev.maxClaim}` : ev.lockExists ? `lock-without-record:${ev.maxClaim}` : null;
+        const value = ev.record
+          ? `${ev.record.host}:${ev.record.generation}:${ev.record.token}:${ev.record.counter}:${ev.maxClaim}`
+          : ev.lockExists || ev.maxClaim > 0
+            ? `lock-without-record:${ev.maxClaim}`
+            : null;
         this.tracker.observe(ev.datastore, { value, released: ev.record?.state === 'released' && ev.maxClaim === ev.record.generation }, ev.now);
         break;
       }
@@ -229,7 +234,7 @@ export class Ownership {
   private flush(datastore: string): void {
     const s = this.ds.get(datastore);
     if (s?.kind !== 'held') return;
-    const vms = [...s.vms].sort();
+    const vms = [...s.vms].filter((v) => isVmId(v)).sort();
     const key = vms.join('\n');
     if (s.written === key) return;
     s.written = key;

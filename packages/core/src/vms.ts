@@ -231,10 +231,11 @@ export class VmManager {
   }
 
   leaseSample(vm: string, record: LeaseRecordView | null, lockExists: boolean, maxClaim: number, now: number): void {
-    const value = record ? `${record.host}:${record.generation}:${record.token}:${record.counter}:${maxClaim}` : lockExists ? `lock-without-record:${maxClaim}` : null;
+    const orphan = !record && (lockExists || maxClaim > 0);
+    const value = record ? `${record.host}:${record.generation}:${record.token}:${record.counter}:${maxClaim}` : orphan ? `lock-without-record:${maxClaim}` : null;
     const released = record?.state === 'released' && maxClaim === record.generation;
     this.leases.observe(vm, { value, released }, now);
-    this.leaseRecords.set(vm, record ? (released ? '' : value!) : lockExists ? 'orphan' : '');
+    this.leaseRecords.set(vm, record ? (released ? '' : value!) : orphan ? 'orphan' : '');
   }
 
   /** What a host must present to take the VM's lease over ('' when it is free). */
@@ -388,7 +389,7 @@ export class VmManager {
     const t = this.track(vm);
     const p = t.pending;
     const cmd = [...this.commands.values()].find((c) => c.cmd.vm === vm && (c.stage === 'powering' || c.stage === 'stopping'));
-    if (!p || p.req !== req) return this.out;
+    if (!p || p.req !== req || p.host !== host) return this.out;
     t.pending = null;
     if (p.kind === 'evacuate') {
       if (ok) {

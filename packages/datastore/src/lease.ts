@@ -325,7 +325,8 @@ export class LeaseFile {
 /** A comparable value for ChangeTracker: changes whenever the holder renews, re-acquires or releases. */
 export function sampleOf(snap: LeaseSnapshot): { value: string | null; released: boolean } {
   const r = snap.record;
-  if (!r) return { value: snap.lockExists ? `lock-without-record:${snap.maxClaim}` : null, released: false };
+  // No record but a lock or a claim: an acquisition in progress, or one that died half-way.
+  if (!r) return { value: snap.lockExists || snap.maxClaim > 0 ? `lock-without-record:${snap.maxClaim}` : null, released: false };
   // The highest claim is part of the state: a claim in progress is a change (not a dead holder).
   return { value: `${r.host}:${r.generation}:${r.token}:${r.counter}:${snap.maxClaim}`, released: r.state === 'released' && snap.maxClaim === r.generation };
 }

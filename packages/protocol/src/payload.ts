@@ -24,7 +24,7 @@ function isCount(max: number): FieldCheck {
 
 const isReq: FieldCheck = (value) => typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 const isBool: FieldCheck = (value) => typeof value === 'boolean';
-const isErrorText: FieldCheck = (value) => typeof value === 'string' && Buffer.byteLength(value, 'utf8') <= MAX_ERROR_BYTES;
+const isErrorText: FieldCheck = (value) => typeof value === 'string' && value.length <= MAX_ERROR_BYTES && /^[\x20-\x7e]*$/.test(value);
 const isStopReason: FieldCheck = (value) => typeof value === 'string' && (VM_STOP_REASONS as readonly string[]).includes(value);
 
 /** Field name -> check, per message type. Key order is the order fields are written on the wire. */

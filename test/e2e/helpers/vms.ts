@@ -5,7 +5,8 @@
  * timeline printed by every test, and a cleanup that leaves no process of the lab behind.
  */
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { controlRequest } from '@vigil/agent';
 import { labAddress, labVmTag } from '@vigil/cli';
 import { Lab, describeLab, labTempDir, logSize, readLog, startHosts, tick, waitFor, waitPortsFree, type LogLine } from './lab.js';
@@ -316,13 +317,20 @@ export async function startVmLab(
       return names.every((n) => m.get(n)?.state === 'running' && m.get(n)?.protected && counts.get(n) === 1) ? true : undefined;
     },
     {
-      timeoutMs: 60_000,
+      timeoutMs: 30_000,
       intervalMs: 200,
       describe: async () => {
         const view = await vmsVia(lab, [master]);
         const counts = await countCopies(dir, names);
         const rows = (view?.vms ?? []).map((r) => `  ${r.name} host=${r.host} state=${r.state} protected=${r.protected} copies=${counts.get(r.name)} ${r.detail ?? ''}`);
-        return `vms (master ${view?.master ?? '?'}):\n${rows.join('\n')}\n${await describeLab(lab)}`;
+        const lists = ['ds1', 'ds2'].map((d) => {
+          const f = join(lab.paths.datastore(d), '.vigil-ha', 'lab', 'protectedlist');
+          return `  ${f}:\n${existsSync(f) ? readFileSync(f, 'utf8').trimEnd().replace(/^/gm, '    ') : '    (missing)'}`;
+        });
+        const warnings = readLog(lab.paths.log(master), logFrom[master])
+          .filter((l) => l.level === 'warn' || l.level === 'error')
+          .map((l) => `  ${String(l.timestamp)} ${String(l.event)}: ${String(l.message).slice(0, 200)}`);
+        return `vms (master ${view?.master ?? '?'}):\n${rows.join('\n')}\nprotectedlists on disk:\n${lists.join('\n')}\n${master} warnings:\n${warnings.join('\n')}\n${await describeLab(lab)}`;
       },
     },
   );

@@ -262,6 +262,15 @@ export class Lab {
     const via = opts.via ?? s.hosts.find((h) => this.alive(s.pids[h])) ?? s.hosts[0]!;
     const socket = this.paths.socket(via);
     const prios = opts.priorities ?? ['high', 'medium', 'low'];
+    // VM operations need the master to hold every datastore's protectedlist: wait for that.
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const st = (await controlRequest(socket, { cmd: 'status' }, 5000).catch(() => null)) as AgentStatus | null;
+      const master = st?.master ? ((await controlRequest(this.paths.socket(st.master), { cmd: 'status' }, 5000).catch(() => null)) as AgentStatus | null) : null;
+      if (master && dsNames.every((d) => master.ownedDatastores.includes(d))) break;
+      if (Date.now() > deadline) throw new Error('the master did not take every datastore within 30 s');
+      await new Promise((r) => setTimeout(r, 50));
+    }
     const names = Array.from({ length: count }, (_, i) => `vm-${i + 1}`);
     for (const [i, name] of names.entries()) {
       await controlRequest(

@@ -64,7 +64,7 @@ export async function runSupervisor(a: SupervisorArgs): Promise<number> {
     const parts = a.takeover.split(':');
     const judged =
       r && parts.length === 5 && parts.slice(0, 4).join(':') === `${r.host}:${r.generation}:${r.token}:${r.counter}` ? { ...r, maxClaim: Number(parts[4]) } : undefined;
-    if (a.takeover === 'orphan' && !r && snap.lockExists) await lease.acquire('orphan');
+    if (a.takeover === 'orphan' && !r) await lease.acquire('orphan');
     else await lease.acquire(own ?? judged);
   } catch (err) {
     const held = err instanceof LeaseError && (err.code === 'ELOCKED' || err.code === 'ECHANGED');
