@@ -164,6 +164,7 @@ describe('agent crash (SIGKILL of the agent alone)', () => {
 
   it("SIGKILL of the master's agent: a new master, the old master's VMs are neither restarted nor doubled, then re-adopted", async () => {
     const tl = new Timeline('master agent SIGKILL');
+    await watch?.stop(); // the first test's watch, if it ended early
     watch = new CopyWatch(v.dir).start();
     try {
       // Independent of the test before: every agent up, one master.

@@ -141,8 +141,11 @@ describe('double failures: nothing lost, nothing doubled (5 hosts, 15 VMs)', () 
       // Checked last, so that the outcome above is shown regardless. A power-on sent to a host
       // that then died must not hold up the restarts for the request timeout (11 s in the fast
       // profile, 22 s in default): the master knows that host is dead at T+deadMs.
-      expect(afterSecond, 'all VMs back within deadMs + leaseTimeoutMs + 5 s of the second cut').toBeLessThan(1800 + 1500 + 5000);
-      expect(strays, 'lab kill powered off every VM supervisor of the host').toEqual([]);
+      const problems = [
+        ...(afterSecond >= 1800 + 1500 + 5000 ? [`the VMs took ${afterSecond} ms after the second cut (bound: deadMs + leaseTimeoutMs + 5 s = 8300 ms)`] : []),
+        ...strays.map((x) => `lab kill: ${x}`),
+      ];
+      expect(problems, 'restarts not held up by a power-on sent to a host that died; lab kill left nothing running').toEqual([]);
     } finally {
       tl.print();
     }

@@ -160,7 +160,7 @@ export class StorageRuntime {
         void this.releaseProtectedlist(a.datastore);
         return true;
       case 'writeProtectedlist':
-        void this.writeProtectedlist(a.datastore, a.vms);
+        this.queueProtectedlist(a.datastore, a.vms);
         return true;
       case 'removePoweredOff': {
         const ds = a.vm.slice(0, a.vm.indexOf(':'));
@@ -221,6 +221,30 @@ export class StorageRuntime {
     await this.keeper.release(plKey(ds)).catch((err) =>
       this.logger.log('warn', 'ownership.release-failed', `could not release the protectedlist of ${ds}: ${describeError(err)}`, { datastore: ds }),
     );
+  }
+
+  /**
+   * One protectedlist write in flight per datastore; later requests coalesce into the newest
+   * set. (Concurrent writes could land in any order and leave an older list on disk while a
+   * newer one was reported committed.)
+   */
+  private readonly plWriting = new Set<string>();
+  private readonly plNext = new Map<string, string[]>();
+
+  private queueProtectedlist(ds: string, vms: string[]): void {
+    this.plNext.set(ds, vms);
+    if (this.plWriting.has(ds)) return;
+    this.plWriting.add(ds);
+    void (async () => {
+      try {
+        for (let next = this.plNext.get(ds); next; next = this.plNext.get(ds)) {
+          this.plNext.delete(ds);
+          await this.writeProtectedlist(ds, next);
+        }
+      } finally {
+        this.plWriting.delete(ds);
+      }
+    })();
   }
 
   private async writeProtectedlist(ds: string, vms: string[]): Promise<void> {

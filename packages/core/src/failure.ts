@@ -33,6 +33,8 @@ export interface FailureInputs {
   isolationBit: boolean | null;
   /** Some VM lease held by this host is seen alive. */
   vmLeasesAlive: boolean;
+  /** Some of its VMs' leases are not judged yet (a new master has not watched them long enough). */
+  vmLeasesUnjudged?: boolean;
 }
 
 interface Track {
@@ -124,7 +126,7 @@ export class FailureDetector {
     } else if (t.state === 'dead') {
       next = 'dead'; // sticky: only being heard, a ping reply or a live storage heartbeat revive it
       reason = t.reason;
-    } else if (since >= deadAfter && t.pingReplied === false && (inp.storageHeartbeat === 'dead' || !inp.hasHeartbeatDatastores)) {
+    } else if (since >= deadAfter && t.pingReplied === false && (inp.storageHeartbeat === 'dead' || !inp.hasHeartbeatDatastores) && !inp.vmLeasesUnjudged) {
       next = 'dead';
       reason = inp.hasHeartbeatDatastores
         ? `no network heartbeat for ${Math.round(since)} ms, storage heartbeat dead, no ping reply`

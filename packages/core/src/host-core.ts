@@ -245,15 +245,15 @@ export class HostCore {
       if (host === this.self) continue;
       const p = peers.get(host);
       const st = this.storage.host(host, this.now);
-      const hostVms = this.vms.vmsOn(host);
-      const vmLeasesAlive = hostVms.some((vm) => this.vms.leaseState(vm, this.now) === 'alive');
+      const leases = this.vms.hostLeases(host, this.now);
       out.push(
         ...this.failure.update(this.now, host, {
           lastHeard: p?.lastHeard ?? -Infinity,
           storageHeartbeat: st.storageHeartbeat,
           hasHeartbeatDatastores: (this.hostInfo[host]?.heartbeatDatastores.length ?? 0) > 0,
           isolationBit: st.isolated,
-          vmLeasesAlive,
+          vmLeasesAlive: leases.alive,
+          vmLeasesUnjudged: leases.unjudged,
         }),
       );
     }

@@ -112,6 +112,8 @@ export class VmManager {
   private readonly leases: ChangeTracker;
   /** Last lease record seen per VM, encoded for a takeover ('' none, 'orphan' lock without record). */
   private readonly leaseRecords = new Map<string, string>();
+  /** Holder of each VM's lease as last read. */
+  private readonly leaseHolders = new Map<string, HostId | null>();
   private readonly poweredoff = new Set<string>();
   private readonly commands = new Map<number, PendingCommand>();
   private protectedSet = new Set<string>();
@@ -197,7 +199,8 @@ export class VmManager {
       const live = this.isLive(h);
       for (const vm of set) {
         const cur = this.running.get(vm);
-        if (!cur || (live && !this.isLive(cur))) this.running.set(vm, h);
+        // A live host's word wins; between hosts the master cannot see, the lease holder's.
+        if (!cur || (live && !this.isLive(cur)) || (!live && !this.isLive(cur) && this.leaseHolders.get(vm) === h)) this.running.set(vm, h);
       }
     }
     for (const [vm, h] of this.running) {
@@ -236,6 +239,9 @@ export class VmManager {
     const released = record?.state === 'released' && maxClaim === record.generation;
     this.leases.observe(vm, { value, released }, now);
     this.leaseRecords.set(vm, record ? (released ? '' : value!) : orphan ? 'orphan' : '');
+    const holder = record && !released ? record.host : null;
+    if (this.leaseHolders.get(vm) !== holder) this.dirty = true;
+    this.leaseHolders.set(vm, holder);
   }
 
   /** What a host must present to take the VM's lease over ('' when it is free). */
@@ -243,6 +249,28 @@ export class VmManager {
     const st = this.leases.state(vm, now);
     if (st === 'dead') return this.leaseRecords.get(vm) ?? '';
     return '';
+  }
+
+  /**
+   * What the VM leases of `host` say about it: some are alive (its VMs run, held by it), some
+   * are not judged yet, or none of either. Leases held by other hosts (its VMs restarted
+   * elsewhere) say nothing about it.
+   */
+  hostLeases(host: HostId, now: number): { alive: boolean; unjudged: boolean } {
+    let alive = false;
+    let unjudged = false;
+    this.relocate();
+    for (const vm of this.hostVms.get(host) ?? []) {
+      // Listed by this host's (maybe stale) poweron file but running on another host now: its
+      // lease is that host's business, and says nothing about this one.
+      const where = this.running.get(vm);
+      if (where !== undefined && where !== host) continue;
+      const st = this.leases.state(vm, now);
+      const holder = this.leaseHolders.get(vm);
+      if (st === 'unknown' && (holder === undefined || holder === host)) unjudged = true;
+      if (st === 'alive' && holder === host) alive = true;
+    }
+    return { alive, unjudged };
   }
 
   leaseState(vm: string, now: number): Liveness {
@@ -437,7 +465,13 @@ export class VmManager {
       }
       if (cmd) {
         cmd.stage = 'committing';
-        this.out.push(...this.setProtection(vm, true));
+        const write = this.setProtection(vm, true);
+        this.out.push(...write);
+        if (write.length === 0) {
+          // Already protected (a failed or waiting VM started again): nothing to commit.
+          this.commands.delete(cmd.req);
+          this.reply(cmd.req, true, `${vm} runs on ${host} and is protected`);
+        }
       }
       return this.out;
     }
@@ -607,7 +641,9 @@ export class VmManager {
     // Expire lost requests: the lease and the poweron files will tell what happened.
     for (const [vm, t] of this.tracks) {
       const limit = t.pending && (t.pending.kind === 'stop' || t.pending.kind === 'evacuate') ? this.stopTimeoutMs + this.powerOnTimeoutMs : this.powerOnTimeoutMs;
-      if (t.pending && now - t.pending.since > limit) {
+      // A request to a host declared dead gets no answer: drop it now, the lease decides.
+      const targetDead = t.pending !== null && hosts.get(t.pending.host)?.state === 'dead';
+      if (t.pending && (targetDead || now - t.pending.since > limit)) {
         this.log('warn', 'vm.request-timeout', `no answer from ${t.pending.host} about ${vm} within ${this.powerOnTimeoutMs} ms`, { vm, host: t.pending.host });
         const cmd = [...this.commands.values()].find((c) => c.cmd.vm === vm && (c.stage === 'powering' || c.stage === 'stopping'));
         if (cmd) {

@@ -138,7 +138,10 @@ export class Lab {
     const out = openSync(this.paths.log(host), 'a');
     const argv = [process.execPath, VIGIL_BIN, 'agent', '--config', this.paths.config, '--host', host, '--state-dir', this.paths.hostDir(host), '--socket', this.paths.socket(host)];
     const [cmd, ...args] = [...(opts.prefix ?? []), ...argv];
-    const child = spawn(cmd!, args, { detached: true, stdio: ['ignore', out, out], env: { ...process.env, ...(opts.env ?? {}) } });
+    // Every process of this lab host (agent, VM supervisors, VMs) inherits this marker, so a
+    // power cut can find them all, even a supervisor started a moment ago.
+    const env = { ...process.env, ...(opts.env ?? {}), VIGIL_LAB_HOST: this.hostMarker(host) };
+    const child = spawn(cmd!, args, { detached: true, stdio: ['ignore', out, out], env });
     closeSync(out);
     child.unref();
     const pid = child.pid;
@@ -147,6 +150,31 @@ export class Lab {
     await writeFile(this.paths.pidFile(host), `${pid}\n`);
     await this.writeState(s);
     return pid;
+  }
+
+  private hostMarker(host: string): string {
+    return `${this.dir}:${host}`;
+  }
+
+  /** Every live process carrying this lab host's marker in its environment (Linux /proc). */
+  private markedProcesses(host: string): number[] {
+    const needle = Buffer.from(`VIGIL_LAB_HOST=${this.hostMarker(host)}\0`);
+    const pids: number[] = [];
+    let entries: string[] = [];
+    try {
+      entries = readdirSync('/proc');
+    } catch {
+      return pids;
+    }
+    for (const e of entries) {
+      if (!/^[0-9]+$/.test(e) || Number(e) === process.pid) continue;
+      try {
+        if (readFileSync(`/proc/${e}/environ`).includes(needle)) pids.push(Number(e));
+      } catch {
+        /* gone, or not ours to read */
+      }
+    }
+    return pids;
   }
 
   /** Process groups of the VM supervisors a lab host's agent started (they outlive the agent). */
@@ -173,7 +201,10 @@ export class Lab {
     const pid = s.pids[host];
     const groups = [...(pid && this.alive(pid) ? [pid] : []), ...this.vmGroups(host)];
     for (const g of groups) this.signalGroup(g, 'SIGKILL');
-    const killed = groups.length > 0;
+    // And anything else of this host (a supervisor spawned a moment ago, before its state file).
+    const stragglers = this.markedProcesses(host);
+    for (const p of stragglers) this.signalGroup(p, 'SIGKILL');
+    const killed = groups.length + stragglers.length > 0;
     delete s.pids[host];
     await rm(this.paths.pidFile(host), { force: true });
     await this.writeState(s);
@@ -188,7 +219,7 @@ export class Lab {
       const pids = Object.entries(s.pids).filter(([, pid]) => this.alive(pid));
       for (const [, pid] of pids) this.signalGroup(pid, 'SIGTERM');
       // VMs are not stopped by an agent's SIGTERM (they outlive it): power them off too.
-      for (const h of s.hosts) for (const g of this.vmGroups(h)) this.signalGroup(g, 'SIGKILL');
+      for (const h of s.hosts) for (const g of [...this.vmGroups(h), ...this.markedProcesses(h)]) this.signalGroup(g, 'SIGKILL');
       const deadline = Date.now() + (opts.graceMs ?? 5000);
       while (pids.some(([, pid]) => this.alive(pid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
       for (const [host, pid] of pids) {
