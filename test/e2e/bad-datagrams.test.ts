@@ -88,9 +88,9 @@ describe('bad datagrams against a running lab', () => {
     const t = config.timing;
     const cluster = config.cluster;
     const other = (target: string) => (target === master ? 'host-3' : master);
-    const winning = () => JSON.stringify({ datastores: 10_000, generation: 2 ** 40 });
+    const winning = () => JSON.stringify({ datastores: 10_000, maintenance: false, generation: 2 ** 40 });
     const valid = (target: string, key: Buffer, sender = other(target)) =>
-      encode({ cluster, sender, incarnation: Number(bigIncarnation()), seq: randomSeq(), msg: { type: 'masterHeartbeat', datastores: 10_000, generation: 2 ** 40 } }, key);
+      encode({ cluster, sender, incarnation: Number(bigIncarnation()), seq: randomSeq(), msg: { type: 'masterHeartbeat', datastores: 10_000, maintenance: false, generation: 2 ** 40 } }, key);
 
     const kinds: Kind[] = [
       { name: 'random bytes', reason: 'badMagic', make: () => Buffer.concat([Buffer.from('XY'), noise(randomInt(1, 300))]) },
@@ -111,7 +111,7 @@ describe('bad datagrams against a running lab', () => {
       {
         name: 'wrong key: election with 10000 datastores',
         reason: 'unauthenticated',
-        make: (tg) => encode({ cluster, sender: other(tg), incarnation: Number(bigIncarnation()), seq: randomSeq(), msg: { type: 'election', datastores: 10_000 } }, badKey),
+        make: (tg) => encode({ cluster, sender: other(tg), incarnation: Number(bigIncarnation()), seq: randomSeq(), msg: { type: 'election', datastores: 10_000, maintenance: false, generation: 2 ** 40 } }, badKey),
       },
       { name: 'right key, non-existent host-77', reason: 'unknownSender', make: (tg) => valid(tg, goodKey, 'host-77') },
       { name: 'right key, claims to be the receiver itself', reason: 'unknownSender', make: (tg) => valid(tg, goodKey, tg) },
@@ -125,7 +125,7 @@ describe('bad datagrams against a running lab', () => {
       {
         name: 'oversized, right key',
         reason: 'oversized',
-        make: (tg) => buildRaw({ type: TYPE.masterHeartbeat, cluster, sender: other(tg), payload: JSON.stringify({ datastores: 10_000, generation: 1, pad: 'x'.repeat(1500) }), key: goodKey, seq: randomSeq() }),
+        make: (tg) => buildRaw({ type: TYPE.masterHeartbeat, cluster, sender: other(tg), payload: JSON.stringify({ datastores: 10_000, maintenance: false, generation: 1, pad: 'x'.repeat(1500) }), key: goodKey, seq: randomSeq() }),
       },
     ];
 
@@ -183,7 +183,7 @@ describe('bad datagrams against a running lab', () => {
       for (const [claimed, s] of impostors) {
         if (claimed === target) continue;
         const forged = encode(
-          { cluster, sender: claimed, incarnation: Number(bigIncarnation()), seq: randomSeq(), msg: { type: 'masterHeartbeat', datastores: 10_000, generation: 2 ** 40 } },
+          { cluster, sender: claimed, incarnation: Number(bigIncarnation()), seq: randomSeq(), msg: { type: 'masterHeartbeat', datastores: 10_000, maintenance: false, generation: 2 ** 40 } },
           goodKey,
         );
         await sendTo(s, target, forged);
