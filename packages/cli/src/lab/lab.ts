@@ -323,7 +323,16 @@ export class Lab {
     const queue = [...names];
     const worker = async () => {
       for (let name = queue.shift(); name; name = queue.shift()) {
-        await controlRequest(socket, { cmd: 'vm', op: 'start', vm: name }, 120_000);
+        // The master may lose a datastore for a moment under load: retry what it says to retry.
+        for (let attempt = 1; ; attempt++) {
+          try {
+            await controlRequest(socket, { cmd: 'vm', op: 'start', vm: name }, 120_000);
+            break;
+          } catch (err) {
+            if (attempt >= 20 || !/retry shortly/.test((err as Error).message)) throw err;
+            await new Promise((r) => setTimeout(r, 500));
+          }
+        }
       }
     };
     await Promise.all(Array.from({ length: opts.concurrency ?? 8 }, worker));
