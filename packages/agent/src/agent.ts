@@ -4,7 +4,7 @@
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { HostCore, type CoreAction, type CoreEvent, type HostId, type Message, type Role } from '@vigil/core';
+import { HostCore, type CoreAction, type CoreEvent, type HostId, type HostView, type Message, type Role } from '@vigil/core';
 import { canonicalAddress, heartbeatDatastoresFor, type ClusterConfig } from '@vigil/config';
 import {
   chooseIncarnation,
@@ -59,17 +59,8 @@ export interface AgentStatus {
   pid: number;
 }
 
-export interface HostRow {
-  host: HostId;
-  address: string;
-  state: string;
-  lastHeartbeatMs: number | null;
-  datastores: number | null;
-  storageHeartbeat: 'alive' | 'dead' | 'unknown';
-  isolated: boolean | null;
-  vms: number | null;
-  maintenance: boolean;
-}
+/** A row of `vigil hosts`: the core's view of a host plus its configured address. */
+export type HostRow = HostView & { address: string };
 
 export class Agent {
   private readonly config: ClusterConfig;
