@@ -12,9 +12,9 @@ export class StorageTimeoutError extends Error {
 }
 
 /**
- * Calls that timed out but have not returned yet, per storage key (a datastore). While one is
- * outstanding, new calls with the same key fail at once: a hung mount must not fill libuv's
- * thread pool and stall every other datastore.
+ * Calls that timed out but have not returned yet, per storage key (a datastore). While
+ * MAX_HANGING_PER_DATASTORE of them are outstanding, new calls with the same key fail at once:
+ * a hung mount must not fill libuv's thread pool and stall every other datastore.
  */
 const hanging = new Map<string, number>();
 
