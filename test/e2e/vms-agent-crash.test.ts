@@ -6,8 +6,8 @@
  * restarted agent re-adopts the very same processes (same pids), reports them, and monitors them
  * again (a re-adopted VM that is then killed is restarted).
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startHosts, waitFor, type Lab } from './helpers/lab.js';
+import { describe, expect, it } from 'vitest';
+import { startHosts, waitFor } from './helpers/lab.js';
 import {
   CopyWatch,
   Timeline,
@@ -18,13 +18,11 @@ import {
   hostsOf,
   logEvents,
   logOffsets,
-  startVmLab,
-  teardownVmLab,
+  useVmLab,
   timeOf,
   vmPid,
   vmProcesses,
   vmsVia,
-  type VmLab,
 } from './helpers/vms.js';
 
 /** Longer than deadMs (1.8 s) + leaseTimeoutMs (1.5 s) of the fast profile, with margin. */
@@ -38,90 +36,69 @@ const SETTLE_MS = 1800 + 1500;
 const TRANSIENT = ['unreachable', 'partitioned', 'agentUnreachable'];
 
 describe('agent crash (SIGKILL of the agent alone)', () => {
-  let v: VmLab;
-  let lab: Lab | undefined;
-  let dir: string | undefined;
-  let watch: CopyWatch | undefined;
-
-  beforeAll(async () => {
-    const tl = new Timeline('setup');
-    try {
-      v = await startVmLab('agent-crash', { hosts: 3, vms: 6, timeline: tl }, (l, d) => {
-        lab = l;
-        dir = d;
-      });
-      watch = new CopyWatch(v.dir).start();
-    } finally {
-      tl.print();
-    }
-  }, 120_000);
-
-  afterAll(async () => {
-    await watch?.stop();
-    await teardownVmLab(lab, dir);
-  }, 60_000);
+  const fx = useVmLab('agent-crash', { hosts: 3, vms: 6 });
 
   it('VMs keep running, are not started elsewhere, and are re-adopted by the restarted agent', async () => {
     const tl = new Timeline('agent SIGKILL');
     try {
-      const view = (await vmsVia(v.lab, [v.master]))!;
-      const victim = v.hosts.filter((h) => h !== v.master).sort((a, b) => view.vms.filter((r) => r.host === b).length - view.vms.filter((r) => r.host === a).length)[0]!;
+      const view = (await vmsVia(fx.v.lab, [fx.v.master]))!;
+      const victim = fx.v.hosts.filter((h) => h !== fx.v.master).sort((a, b) => view.vms.filter((r) => r.host === b).length - view.vms.filter((r) => r.host === a).length)[0]!;
       const mine = view.vms.filter((r) => r.host === victim).map((r) => r.name);
       expect(mine.length).toBeGreaterThan(0);
       const pidsBefore = new Map<string, number>();
-      for (const n of mine) pidsBefore.set(n, await vmPid(v.dir, n));
-      const offsets = logOffsets(v.lab, v.hosts);
-      const pid = await agentPid(v.lab, victim);
+      for (const n of mine) pidsBefore.set(n, await vmPid(fx.v.dir, n));
+      const offsets = logOffsets(fx.v.lab, fx.v.hosts);
+      const pid = await agentPid(fx.v.lab, victim);
       const t0 = tl.mark(`SIGKILL of ${victim}'s agent (pid ${pid}); its VMs: ${mine.join(', ')}`);
       process.kill(pid, 'SIGKILL');
-      await waitFor('the agent process to be gone', () => !v.lab.alive(pid), { timeoutMs: 5000, intervalMs: 20 });
+      await waitFor('the agent process to be gone', () => !fx.v.lab.alive(pid), { timeoutMs: 5000, intervalMs: 20 });
 
       // The master: agentUnreachable, from its hosts view.
       await waitFor(
-        `${v.master} to classify ${victim} agentUnreachable`,
-        async () => (await hostsOf(v.lab, v.master)).hosts.find((h) => h.host === victim)?.state === 'agentUnreachable',
+        `${fx.v.master} to classify ${victim} agentUnreachable`,
+        async () => (await hostsOf(fx.v.lab, fx.v.master)).hosts.find((h) => h.host === victim)?.state === 'agentUnreachable',
         { timeoutMs: 15_000, intervalMs: 100 },
       );
-      tl.mark(`${v.master}'s hosts view: ${victim} agentUnreachable (${Date.now() - t0} ms after the crash)`);
+      tl.mark(`${fx.v.master}'s hosts view: ${victim} agentUnreachable (${Date.now() - t0} ms after the crash)`);
 
       // For HOLD_MS: the same processes, once each, nothing restarted, listed on the victim.
       const polls = await holdFor(`${victim}'s VMs keep running where they are`, HOLD_MS, async () => {
-        const procs = await vmProcesses(v.dir);
+        const procs = await vmProcesses(fx.v.dir);
         for (const n of mine) {
           const p = procs.get(n) ?? [];
           if (p.length !== 1 || p[0] !== pidsBefore.get(n)) return `${n} processes are now [${p.join(', ')}], was ${pidsBefore.get(n)}`;
         }
-        const vv = await vmsVia(v.lab, [v.master]);
+        const vv = await vmsVia(fx.v.lab, [fx.v.master]);
         if (!vv) return 'no vms view from the master';
         for (const r of vv.vms.filter((x) => mine.includes(x.name))) {
           if (r.host !== victim || r.power !== 'on') return `${r.name} is reported host=${r.host} power=${r.power} state=${r.state}`;
           if (r.state === 'restarting' || r.state === 'running') return `${r.name} is ${r.state} although its host's agent is silent`;
         }
-        const st = (await hostsOf(v.lab, v.master)).hosts.find((h) => h.host === victim)?.state ?? '?';
+        const st = (await hostsOf(fx.v.lab, fx.v.master)).hosts.find((h) => h.host === victim)?.state ?? '?';
         if (!(Date.now() - t0 < SETTLE_MS ? TRANSIENT : ['agentUnreachable']).includes(st)) return `${victim} is now ${st}, ${Date.now() - t0} ms after the crash`;
         return null;
       });
       tl.mark(`held ${HOLD_MS / 1000} s after that (${polls} polls): same pids, once each, reported unconfirmed on ${victim}, agentUnreachable`);
 
-      const m = v.master;
-      const restarting = logEvents(v.lab, m, 'vm.restarting', offsets[m]).map((l) => String(l.message));
+      const m = fx.v.master;
+      const restarting = logEvents(fx.v.lab, m, 'vm.restarting', offsets[m]).map((l) => String(l.message));
       expect(restarting, 'no restart was even attempted').toEqual([]);
-      const dead = logEvents(v.lab, m, 'host.dead', offsets[m]).filter((l) => l.subject === victim);
+      const dead = logEvents(fx.v.lab, m, 'host.dead', offsets[m]).filter((l) => l.subject === victim);
       for (const d of dead) tl.mark(`!! ${m} logged host.dead for ${victim}: ${String(d.reason)}`, timeOf(d));
-      const unreach = logEvents(v.lab, m, 'host.agentUnreachable', offsets[m]).filter((l) => l.subject === victim);
+      const unreach = logEvents(fx.v.lab, m, 'host.agentUnreachable', offsets[m]).filter((l) => l.subject === victim);
       expect(unreach.length, `${m} logged host.agentUnreachable for ${victim}`).toBeGreaterThan(0);
       tl.mark(`${m} log: host.agentUnreachable (${String(unreach[0]!.reason)})`, timeOf(unreach[0]!));
       expect(dead.map((d) => d.message), `${victim} was never declared dead`).toEqual([]);
 
       // The agent comes back and re-adopts the very same processes.
       const t1 = tl.mark(`starting ${victim}'s agent again`);
-      await startHosts(v.lab, [victim]);
+      await startHosts(fx.v.lab, [victim]);
       await waitFor(
         `${victim} to rejoin and report its ${mine.length} VMs`,
         async () => {
-          const own = (await hostsOf(v.lab, victim)).hosts.find((h) => h.host === victim);
-          const master = (await hostsOf(v.lab, v.master)).hosts.find((h) => h.host === victim);
-          const vv = await vmsVia(v.lab, [v.master]);
+          const own = (await hostsOf(fx.v.lab, victim)).hosts.find((h) => h.host === victim);
+          const master = (await hostsOf(fx.v.lab, fx.v.master)).hosts.find((h) => h.host === victim);
+          const vv = await vmsVia(fx.v.lab, [fx.v.master]);
           if (!vv) return undefined;
           const rows = vv.vms.filter((r) => mine.includes(r.name));
           return own?.vms === mine.length && master?.state === 'connected' && rows.every((r) => r.host === victim && r.state === 'running' && r.protected) ? true : undefined;
@@ -129,10 +106,10 @@ describe('agent crash (SIGKILL of the agent alone)', () => {
         { timeoutMs: 20_000, intervalMs: 100 },
       );
       tl.mark(`${victim} rejoined (${Date.now() - t1} ms): its hosts view shows ${mine.length} VMs; vms shows them running on ${victim}`);
-      const status = (await v.lab.status(victim));
+      const status = (await fx.v.lab.status(victim));
       expect(status.up && status.status.role).toBe('slave');
-      for (const n of mine) expect(await vmPid(v.dir, n), `${n} is the same process`).toBe(pidsBefore.get(n));
-      const adoptedStops = logEvents(v.lab, victim, 'vm.local-stop');
+      for (const n of mine) expect(await vmPid(fx.v.dir, n), `${n} is the same process`).toBe(pidsBefore.get(n));
+      const adoptedStops = logEvents(fx.v.lab, victim, 'vm.local-stop');
       expect(adoptedStops.map((l) => l.message), 'no VM reported stopped by the restarted agent').toEqual([]);
 
       // The re-adopted VMs are monitored again: kill one, it is restarted on the same host.
@@ -143,20 +120,20 @@ describe('agent crash (SIGKILL of the agent alone)', () => {
       await waitFor(
         `${probe} to be restarted on ${victim}`,
         async () => {
-          const vv = await vmsVia(v.lab, [v.master]);
+          const vv = await vmsVia(fx.v.lab, [fx.v.master]);
           const r = vv ? byName(vv.vms).get(probe) : undefined;
-          const p = (await vmProcesses(v.dir)).get(probe) ?? [];
+          const p = (await vmProcesses(fx.v.dir)).get(probe) ?? [];
           return r?.state === 'running' && r.host === victim && p.length === 1 && p[0] !== old ? true : undefined;
         },
         { timeoutMs: 15_000, intervalMs: 100 },
       );
       tl.mark(`${probe} restarted on ${victim} (VM monitoring works on re-adopted VMs)`);
 
-      await watch!.stop();
-      expect(watch!.doubled(), 'no VM ever ran twice').toEqual([]);
-      const counts = await countCopies(v.dir, v.names);
-      for (const n of v.names) expect(counts.get(n), `${n} runs exactly once`).toBe(1);
-      tl.mark(`copy watch: ${watch!.samples} samples, no VM ever seen twice; all ${v.names.length} run once`);
+      await fx.watch!.stop();
+      expect(fx.watch!.doubled(), 'no VM ever ran twice').toEqual([]);
+      const counts = await countCopies(fx.v.dir, fx.v.names);
+      for (const n of fx.v.names) expect(counts.get(n), `${n} runs exactly once`).toBe(1);
+      tl.mark(`copy watch: ${fx.watch!.samples} samples, no VM ever seen twice; all ${fx.v.names.length} run once`);
     } finally {
       tl.print();
     }
@@ -164,42 +141,42 @@ describe('agent crash (SIGKILL of the agent alone)', () => {
 
   it("SIGKILL of the master's agent: a new master, the old master's VMs are neither restarted nor doubled, then re-adopted", async () => {
     const tl = new Timeline('master agent SIGKILL');
-    await watch?.stop(); // the first test's watch, if it ended early
-    watch = new CopyWatch(v.dir).start();
+    await fx.watch?.stop(); // the first test's watch, if it ended early
+    fx.watch = new CopyWatch(fx.v.dir).start();
     try {
       // Independent of the test before: every agent up, one master.
-      await startHosts(v.lab, v.hosts);
-      const current = await waitFor('all agents to follow one master', () => v.lab.waitConverged(1000), { timeoutMs: 30_000 });
-      expect(current).toBe(v.master);
-      const old = v.master;
-      const view = (await vmsVia(v.lab, [old]))!;
+      await startHosts(fx.v.lab, fx.v.hosts);
+      const current = await waitFor('all agents to follow one master', () => fx.v.lab.waitConverged(1000), { timeoutMs: 30_000 });
+      expect(current).toBe(fx.v.master);
+      const old = fx.v.master;
+      const view = (await vmsVia(fx.v.lab, [old]))!;
       const mine = view.vms.filter((r) => r.host === old).map((r) => r.name);
       expect(mine.length, `${old} runs VMs`).toBeGreaterThan(0);
       const pidsBefore = new Map<string, number>();
-      for (const n of mine) pidsBefore.set(n, await vmPid(v.dir, n));
-      const offsets = logOffsets(v.lab, v.hosts);
-      const pid = await agentPid(v.lab, old);
-      const others = v.hosts.filter((h) => h !== old);
+      for (const n of mine) pidsBefore.set(n, await vmPid(fx.v.dir, n));
+      const offsets = logOffsets(fx.v.lab, fx.v.hosts);
+      const pid = await agentPid(fx.v.lab, old);
+      const others = fx.v.hosts.filter((h) => h !== old);
       const killedAt = tl.mark(`SIGKILL of master ${old}'s agent (pid ${pid}); its VMs: ${mine.join(', ')}`);
       process.kill(pid, 'SIGKILL');
-      const m = await waitFor('a new master among the others', () => v.lab.waitConverged(1000, others), { timeoutMs: 30_000 });
+      const m = await waitFor('a new master among the others', () => fx.v.lab.waitConverged(1000, others), { timeoutMs: 30_000 });
       tl.mark(`${m} is the new master`);
       await waitFor(
         `${m} to classify ${old} agentUnreachable`,
-        async () => (await hostsOf(v.lab, m)).hosts.find((h) => h.host === old)?.state === 'agentUnreachable',
+        async () => (await hostsOf(fx.v.lab, m)).hosts.find((h) => h.host === old)?.state === 'agentUnreachable',
         { timeoutMs: 15_000, intervalMs: 100 },
       );
       tl.mark(`${m}'s hosts view: ${old} agentUnreachable`);
       const t0 = killedAt;
       const polls = await holdFor(`${old}'s VMs keep running where they are`, HOLD_MS, async () => {
-        const st = (await hostsOf(v.lab, m)).hosts.find((h) => h.host === old)?.state ?? '?';
+        const st = (await hostsOf(fx.v.lab, m)).hosts.find((h) => h.host === old)?.state ?? '?';
         if (!(Date.now() - t0 < SETTLE_MS ? TRANSIENT : ['agentUnreachable']).includes(st)) return `${old} is now ${st}, ${Date.now() - t0} ms after the crash`;
-        const procs = await vmProcesses(v.dir);
+        const procs = await vmProcesses(fx.v.dir);
         for (const n of mine) {
           const p = procs.get(n) ?? [];
           if (p.length !== 1 || p[0] !== pidsBefore.get(n)) return `${n} processes are now [${p.join(', ')}], was ${pidsBefore.get(n)}`;
         }
-        const vv = await vmsVia(v.lab, [m]);
+        const vv = await vmsVia(fx.v.lab, [m]);
         if (!vv) return 'no vms view from the new master';
         for (const r of vv.vms.filter((x) => mine.includes(x.name))) {
           if (r.host !== old || r.power !== 'on') return `${r.name} is reported host=${r.host} power=${r.power} state=${r.state}`;
@@ -207,19 +184,19 @@ describe('agent crash (SIGKILL of the agent alone)', () => {
         return null;
       });
       tl.mark(`held ${HOLD_MS / 1000} s (${polls} polls): same pids, once each, still listed on ${old}`);
-      const restarting = logEvents(v.lab, m, 'vm.restarting', offsets[m]).map((l) => String(l.message));
+      const restarting = logEvents(fx.v.lab, m, 'vm.restarting', offsets[m]).map((l) => String(l.message));
       expect(restarting, 'no restart was even attempted').toEqual([]);
-      const dead = logEvents(v.lab, m, 'host.dead', offsets[m]).filter((l) => l.subject === old);
+      const dead = logEvents(fx.v.lab, m, 'host.dead', offsets[m]).filter((l) => l.subject === old);
       for (const d of dead) tl.mark(`!! ${m} logged host.dead for ${old}: ${String(d.reason)}`, timeOf(d));
 
       tl.mark(`starting ${old}'s agent again`);
-      await startHosts(v.lab, [old]);
+      await startHosts(fx.v.lab, [old]);
       await waitFor(
         `${old} to rejoin as a slave of ${m} and report its ${mine.length} VMs`,
         async () => {
-          const own = (await hostsOf(v.lab, old)).hosts.find((h) => h.host === old);
-          const st = await v.lab.status(old);
-          const vv = await vmsVia(v.lab, [m]);
+          const own = (await hostsOf(fx.v.lab, old)).hosts.find((h) => h.host === old);
+          const st = await fx.v.lab.status(old);
+          const vv = await vmsVia(fx.v.lab, [m]);
           if (!vv || !st.up) return undefined;
           const rows = vv.vms.filter((r) => mine.includes(r.name));
           return st.status.role === 'slave' && st.status.master === m && own?.vms === mine.length && rows.every((r) => r.host === old && r.state === 'running') ? true : undefined;
@@ -227,12 +204,12 @@ describe('agent crash (SIGKILL of the agent alone)', () => {
         { timeoutMs: 20_000, intervalMs: 100 },
       );
       tl.mark(`${old} rejoined as a slave of ${m}; vms shows its VMs running on ${old}`);
-      for (const n of mine) expect(await vmPid(v.dir, n), `${n} is the same process`).toBe(pidsBefore.get(n));
-      await watch.stop();
-      expect(watch.doubled(), 'no VM ever ran twice').toEqual([]);
-      const counts = await countCopies(v.dir, v.names);
-      for (const n of v.names) expect(counts.get(n), `${n} runs exactly once`).toBe(1);
-      tl.mark(`copy watch: ${watch.samples} samples, no VM ever seen twice; all ${v.names.length} run once`);
+      for (const n of mine) expect(await vmPid(fx.v.dir, n), `${n} is the same process`).toBe(pidsBefore.get(n));
+      await fx.watch.stop();
+      expect(fx.watch.doubled(), 'no VM ever ran twice').toEqual([]);
+      const counts = await countCopies(fx.v.dir, fx.v.names);
+      for (const n of fx.v.names) expect(counts.get(n), `${n} runs exactly once`).toBe(1);
+      tl.mark(`copy watch: ${fx.watch.samples} samples, no VM ever seen twice; all ${fx.v.names.length} run once`);
       // Checked last, so that everything above is shown to hold regardless: a host whose agent
       // alone died is agentUnreachable (SPEC §3.2), never dead, also for a master that was only
       // just elected and has not yet watched its VM leases change.

@@ -7,10 +7,9 @@
  * A background pgrep watch checks that no VM ever runs twice, and at the end every VM of the
  * cluster runs exactly once: nothing lost, nothing doubled.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { describeLab, startHosts, waitFor, type Lab } from './helpers/lab.js';
+import { describe, expect, it } from 'vitest';
+import { describeLab, startHosts, waitFor } from './helpers/lab.js';
 import {
-  CopyWatch,
   Timeline,
   byName,
   countCopies,
@@ -18,75 +17,52 @@ import {
   logEvents,
   logOffsets,
   powerCut,
-  startVmLab,
-  teardownVmLab,
+  useVmLab,
   timeOf,
   vmsVia,
   waitRunningElsewhere,
-  type VmLab,
 } from './helpers/vms.js';
 
 describe('double failures: nothing lost, nothing doubled (5 hosts, 15 VMs)', () => {
-  let v: VmLab;
-  let lab: Lab | undefined;
-  let dir: string | undefined;
-  let watch: CopyWatch | undefined;
+  const fx = useVmLab('double', { hosts: 5, vms: 15 });
   const down: string[] = [];
-  const alive = () => v.hosts.filter((h) => !down.includes(h));
+  const alive = () => fx.v.hosts.filter((h) => !down.includes(h));
   /** Supervisors that survived a lab power cut (a lab bug; see powerCut). */
   const strays: string[] = [];
 
-  beforeAll(async () => {
-    const tl = new Timeline('setup');
-    try {
-      v = await startVmLab('double', { hosts: 5, vms: 15, timeline: tl }, (l, d) => {
-        lab = l;
-        dir = d;
-      });
-      watch = new CopyWatch(v.dir).start();
-    } finally {
-      tl.print();
-    }
-  }, 120_000);
-
-  afterAll(async () => {
-    await watch?.stop();
-    await teardownVmLab(lab, dir);
-  }, 60_000);
-
   async function allOnceOnLiveHosts(tl: Timeline, master: string): Promise<void> {
-    const m = byName((await vmsVia(v.lab, [master]))!.vms);
-    const counts = await countCopies(v.dir, v.names);
-    for (const n of v.names) {
+    const m = byName((await vmsVia(fx.v.lab, [master]))!.vms);
+    const counts = await countCopies(fx.v.dir, fx.v.names);
+    for (const n of fx.v.names) {
       expect(counts.get(n), `${n} runs exactly once`).toBe(1);
       expect(m.get(n)?.state, `${n} running`).toBe('running');
       expect(down, `${n} on a live host`).not.toContain(m.get(n)?.host);
     }
-    tl.mark(`all ${v.names.length} VMs run exactly once on live hosts`);
+    tl.mark(`all ${fx.v.names.length} VMs run exactly once on live hosts`);
   }
 
   it('two slaves cut at once: all their VMs run again on the others, once each', async () => {
     const tl = new Timeline('two slaves at once');
     try {
-      const view = (await vmsVia(v.lab, [v.master]))!;
-      const slaves = v.hosts.filter((h) => h !== v.master).sort((a, b) => view.vms.filter((r) => r.host === b).length - view.vms.filter((r) => r.host === a).length);
+      const view = (await vmsVia(fx.v.lab, [fx.v.master]))!;
+      const slaves = fx.v.hosts.filter((h) => h !== fx.v.master).sort((a, b) => view.vms.filter((r) => r.host === b).length - view.vms.filter((r) => r.host === a).length);
       const victims = slaves.slice(0, 2);
       const lost = view.vms.filter((r) => victims.includes(r.host!)).map((r) => r.name);
       const t0 = tl.mark(`power cut of ${victims.join(' and ')} (${lost.length} VMs: ${lost.join(', ')})`);
-      strays.push(...(await powerCut(v.lab, v.dir, ...victims)));
+      strays.push(...(await powerCut(fx.v.lab, fx.v.dir, ...victims)));
       down.push(...victims);
-      const back = await waitRunningElsewhere(v, alive, lost, down, t0, tl);
+      const back = await waitRunningElsewhere(fx.v, alive, lost, down, t0, tl);
       tl.mark(`all ${lost.length} back within ${Math.max(...[...back.values()].map((b) => b.afterMs))} ms`);
-      await allOnceOnLiveHosts(tl, v.master);
+      await allOnceOnLiveHosts(tl, fx.v.master);
 
       // Both come back as slaves; nothing moves.
-      const before = byName((await vmsVia(v.lab, [v.master]))!.vms);
-      await startHosts(v.lab, victims);
+      const before = byName((await vmsVia(fx.v.lab, [fx.v.master]))!.vms);
+      await startHosts(fx.v.lab, victims);
       down.length = 0;
-      const m = await waitFor('all five to follow one master', () => v.lab.waitConverged(1000), { timeoutMs: 30_000, describe: () => describeLab(v.lab) });
-      expect(m).toBe(v.master);
+      const m = await waitFor('all five to follow one master', () => fx.v.lab.waitConverged(1000), { timeoutMs: 30_000, describe: () => describeLab(fx.v.lab) });
+      expect(m).toBe(fx.v.master);
       tl.mark(`${victims.join(' and ')} back as slaves of ${m}`);
-      const after = byName((await vmsVia(v.lab, [m]))!.vms);
+      const after = byName((await vmsVia(fx.v.lab, [m]))!.vms);
       for (const [n, r] of before) expect(after.get(n)?.host, `${n} did not move`).toBe(r.host);
     } finally {
       tl.print();
@@ -96,27 +72,27 @@ describe('double failures: nothing lost, nothing doubled (5 hosts, 15 VMs)', () 
   it('a second host cut while the first one\'s VMs are being restarted (the one receiving them)', async () => {
     const tl = new Timeline('second cut during restarts');
     try {
-      const m = v.master;
-      const view = (await vmsVia(v.lab, [m]))!;
-      const first = v.hosts.filter((h) => h !== m).sort((a, b) => view.vms.filter((r) => r.host === b).length - view.vms.filter((r) => r.host === a).length)[0]!;
+      const m = fx.v.master;
+      const view = (await vmsVia(fx.v.lab, [m]))!;
+      const first = fx.v.hosts.filter((h) => h !== m).sort((a, b) => view.vms.filter((r) => r.host === b).length - view.vms.filter((r) => r.host === a).length)[0]!;
       const lostFirst = view.vms.filter((r) => r.host === first);
       const ids = new Set(lostFirst.map((r) => r.id));
-      const offsets = logOffsets(v.lab, v.hosts);
+      const offsets = logOffsets(fx.v.lab, fx.v.hosts);
       const t0 = tl.mark(`power cut of ${first} (${lostFirst.map((r) => `${r.name}/${r.priority}`).join(', ')})`);
-      strays.push(...(await powerCut(v.lab, v.dir, first)));
+      strays.push(...(await powerCut(fx.v.lab, fx.v.dir, first)));
       down.push(first);
 
       // The first restart decision that sends a VM of `first` to a slave: cut that slave at once.
       const inFlight = await waitFor(
         `${m} to start restarting ${first}'s VMs on a slave`,
-        () => firstRestarts(logEvents(v.lab, m, 'vm.restarting', offsets[m]), ids).find((r) => r.target !== m && r.target !== first),
+        () => firstRestarts(logEvents(fx.v.lab, m, 'vm.restarting', offsets[m]), ids).find((r) => r.target !== m && r.target !== first),
         { timeoutMs: 20_000, intervalMs: 20 },
       );
       const second = inFlight.target;
-      const restartedBefore = logEvents(v.lab, m, 'vm.restarted', offsets[m]).filter((l) => ids.has(String(l.vm))).length;
-      const onSecond = byName((await vmsVia(v.lab, [m]))!.vms);
+      const restartedBefore = logEvents(fx.v.lab, m, 'vm.restarted', offsets[m]).filter((l) => ids.has(String(l.vm))).length;
+      const onSecond = byName((await vmsVia(fx.v.lab, [m]))!.vms);
       const t1 = tl.mark(`power cut of ${second} (${restartedBefore} of ${lostFirst.length} VMs of ${first} restarted so far)`);
-      const escaped = await powerCut(v.lab, v.dir, second);
+      const escaped = await powerCut(fx.v.lab, fx.v.dir, second);
       strays.push(...escaped);
       for (const e of escaped) tl.mark(`!! ${e} (killed now)`);
       down.push(second);
@@ -126,18 +102,18 @@ describe('double failures: nothing lost, nothing doubled (5 hosts, 15 VMs)', () 
       // Everything that ran on either host, or was on its way to `second`, runs again elsewhere.
       const lostSecond = [...onSecond.values()].filter((r) => r.host === second).map((r) => r.name);
       const lost = [...new Set([...lostFirst.map((r) => r.name), ...lostSecond])];
-      const back = await waitRunningElsewhere(v, alive, lost, down, t0, tl);
+      const back = await waitRunningElsewhere(fx.v, alive, lost, down, t0, tl);
       const afterSecond = Math.max(...[...back.values()].map((b) => b.afterMs)) - (t1 - t0);
       tl.mark(`all ${lost.length} VMs of ${first} and ${second} back, ${afterSecond} ms after the second cut`);
-      const dead = logEvents(v.lab, m, 'host.dead', offsets[m]);
+      const dead = logEvents(fx.v.lab, m, 'host.dead', offsets[m]);
       for (const d of dead) tl.mark(`${m} declared ${String(d.subject)} dead`, timeOf(d));
       for (const ev of ['vm.restarting', 'vm.request-timeout', 'vm.start-failed', 'vm.lease-held']) {
-        for (const l of logEvents(v.lab, m, ev, offsets[m])) tl.mark(`   ${m} ${ev}: ${String(l.message)}`, timeOf(l));
+        for (const l of logEvents(fx.v.lab, m, ev, offsets[m])) tl.mark(`   ${m} ${ev}: ${String(l.message)}`, timeOf(l));
       }
       await allOnceOnLiveHosts(tl, m);
-      await watch!.stop();
-      expect(watch!.doubled(), 'no VM ever ran twice').toEqual([]);
-      tl.mark(`copy watch: ${watch!.samples} samples over the whole file, no VM ever seen twice`);
+      await fx.watch!.stop();
+      expect(fx.watch!.doubled(), 'no VM ever ran twice').toEqual([]);
+      tl.mark(`copy watch: ${fx.watch!.samples} samples over the whole file, no VM ever seen twice`);
       // Checked last, so that the outcome above is shown regardless. A power-on sent to a host
       // that then died must not hold up the restarts for the request timeout (11 s in the fast
       // profile, 22 s in default): the master knows that host is dead at T+deadMs.

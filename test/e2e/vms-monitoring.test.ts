@@ -5,54 +5,30 @@
  * `failed`, and it is not restarted. Shown for a VM on a slave (the slave reports the stop to
  * the master) and for a VM on the master's own host. `vm start` clears the failure.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { waitFor, type Lab } from './helpers/lab.js';
+import { describe, expect, it } from 'vitest';
+import { waitFor } from './helpers/lab.js';
 import {
-  CopyWatch,
   Timeline,
   byName,
   countCopies,
   holdFor,
   logEvents,
   logOffsets,
-  startVmLab,
-  teardownVmLab,
+  useVmLab,
   vmOpLater,
   vmPid,
   vmProcesses,
   vmsVia,
-  type VmLab,
   type VmRow,
 } from './helpers/vms.js';
 
 const MAX_RESETS = 3;
 
 describe('VM monitoring: a killed VM is restarted, until the reset limit', () => {
-  let v: VmLab;
-  let lab: Lab | undefined;
-  let dir: string | undefined;
-  let watch: CopyWatch | undefined;
-
-  beforeAll(async () => {
-    const tl = new Timeline('setup');
-    try {
-      v = await startVmLab('monitoring', { hosts: 3, vms: 6, timeline: tl }, (l, d) => {
-        lab = l;
-        dir = d;
-      });
-      watch = new CopyWatch(v.dir).start();
-    } finally {
-      tl.print();
-    }
-  }, 120_000);
-
-  afterAll(async () => {
-    await watch?.stop();
-    await teardownVmLab(lab, dir);
-  }, 60_000);
+  const fx = useVmLab('monitoring', { hosts: 3, vms: 6 });
 
   async function row(name: string): Promise<VmRow | undefined> {
-    const view = await vmsVia(v.lab, [v.master]);
+    const view = await vmsVia(fx.v.lab, [fx.v.master]);
     return view ? byName(view.vms).get(name) : undefined;
   }
 
@@ -60,16 +36,16 @@ describe('VM monitoring: a killed VM is restarted, until the reset limit', () =>
   async function crashLoop(name: string, tl: Timeline): Promise<void> {
     const start = (await row(name))!;
     const host = start.host!;
-    const offsets = logOffsets(v.lab, v.hosts);
+    const offsets = logOffsets(fx.v.lab, fx.v.hosts);
     for (let i = 1; i <= MAX_RESETS; i++) {
-      const pid = await vmPid(v.dir, name);
+      const pid = await vmPid(fx.v.dir, name);
       const t0 = tl.mark(`kill ${i}: SIGKILL ${name}'s process ${pid} on ${host}`);
       process.kill(pid, 'SIGKILL');
       const back = await waitFor(
         `${name} restarted after kill ${i}`,
         async () => {
           const r = await row(name);
-          const p = (await vmProcesses(v.dir)).get(name) ?? [];
+          const p = (await vmProcesses(fx.v.dir)).get(name) ?? [];
           return r?.state === 'running' && p.length === 1 && p[0] !== pid && r.restarts >= start.restarts + i ? { r, pid: p[0]! } : undefined;
         },
         { timeoutMs: 15_000, intervalMs: 50 },
@@ -78,7 +54,7 @@ describe('VM monitoring: a killed VM is restarted, until the reset limit', () =>
       expect(back.r.host, 'restarted on the same host first').toBe(host);
       expect(back.r.protected).toBe(true);
     }
-    const pid = await vmPid(v.dir, name);
+    const pid = await vmPid(fx.v.dir, name);
     tl.mark(`kill ${MAX_RESETS + 1}: SIGKILL ${name}'s process ${pid}`);
     process.kill(pid, 'SIGKILL');
     const failed = await waitFor(`${name} reported failed`, async () => ((await row(name))?.state === 'failed' ? (await row(name))! : undefined), {
@@ -88,24 +64,24 @@ describe('VM monitoring: a killed VM is restarted, until the reset limit', () =>
     tl.mark(`${name} reported failed: ${failed.detail}`);
     const polls = await holdFor(`${name} is not restarted once failed`, 3000, async () => {
       const r = await row(name);
-      const n = (await vmProcesses(v.dir)).get(name)?.length ?? 0;
+      const n = (await vmProcesses(fx.v.dir)).get(name)?.length ?? 0;
       if (n !== 0) return `${n} copies of ${name} run`;
       if (r?.state !== 'failed') return `${name} is ${r?.state}`;
       return null;
     });
     tl.mark(`held 3 s (${polls} polls): ${name} stays failed, no process`);
-    const m = v.master;
-    const restarts = logEvents(v.lab, m, 'vm.restarting', offsets[m]).filter((l) => String(l.vm).endsWith(`/${name}.json`));
+    const m = fx.v.master;
+    const restarts = logEvents(fx.v.lab, m, 'vm.restarting', offsets[m]).filter((l) => String(l.vm).endsWith(`/${name}.json`));
     expect(restarts.length, `${MAX_RESETS} restarts in ${m}'s log`).toBe(MAX_RESETS);
-    const gaveUp = logEvents(v.lab, m, 'vm.failed', offsets[m]).filter((l) => String(l.vm).endsWith(`/${name}.json`));
+    const gaveUp = logEvents(fx.v.lab, m, 'vm.failed', offsets[m]).filter((l) => String(l.vm).endsWith(`/${name}.json`));
     expect(gaveUp.length, `a vm.failed line in ${m}'s log`).toBe(1);
   }
 
   it('a VM on a slave: restarted on the same host 3 times, then failed', async () => {
     const tl = new Timeline('monitoring on a slave');
     try {
-      const view = (await vmsVia(v.lab, [v.master]))!;
-      const vm = view.vms.find((r) => r.host !== v.master)!;
+      const view = (await vmsVia(fx.v.lab, [fx.v.master]))!;
+      const vm = view.vms.find((r) => r.host !== fx.v.master)!;
       await crashLoop(vm.name, tl);
     } finally {
       tl.print();
@@ -115,8 +91,8 @@ describe('VM monitoring: a killed VM is restarted, until the reset limit', () =>
   it("a VM on the master's host: restarted on the same host 3 times, then failed; vm start clears it", async () => {
     const tl = new Timeline('monitoring on the master host');
     try {
-      const view = (await vmsVia(v.lab, [v.master]))!;
-      const vm = view.vms.find((r) => r.host === v.master)!;
+      const view = (await vmsVia(fx.v.lab, [fx.v.master]))!;
+      const vm = view.vms.find((r) => r.host === fx.v.master)!;
       expect(vm, 'a VM on the master host').toBeDefined();
       await crashLoop(vm.name, tl);
 
@@ -124,21 +100,21 @@ describe('VM monitoring: a killed VM is restarted, until the reset limit', () =>
       // checked first even if the answer is slow or lost.
       const sent = tl.mark(`vm start ${vm.name}`);
       void sent;
-      const answer = vmOpLater(v.lab, v.master, 'start', vm.name, 15_000);
-      await waitFor(`${vm.name} running again after vm start`, async () => ((await row(vm.name))?.state === 'running' && (await countCopies(v.dir, [vm.name])).get(vm.name) === 1 ? true : undefined), {
+      const answer = vmOpLater(fx.v.lab, fx.v.master, 'start', vm.name, 15_000);
+      await waitFor(`${vm.name} running again after vm start`, async () => ((await row(vm.name))?.state === 'running' && (await countCopies(fx.v.dir, [vm.name])).get(vm.name) === 1 ? true : undefined), {
         timeoutMs: 15_000,
       });
       tl.mark(`${vm.name} running again, protected`);
 
-      await watch!.stop();
-      expect(watch!.doubled(), 'no VM ever ran twice').toEqual([]);
-      const final = byName((await vmsVia(v.lab, [v.master]))!.vms);
-      const counts = await countCopies(v.dir, v.names);
-      for (const n of v.names) {
+      await fx.watch!.stop();
+      expect(fx.watch!.doubled(), 'no VM ever ran twice').toEqual([]);
+      const final = byName((await vmsVia(fx.v.lab, [fx.v.master]))!.vms);
+      const counts = await countCopies(fx.v.dir, fx.v.names);
+      for (const n of fx.v.names) {
         const want = final.get(n)?.state === 'failed' ? 0 : 1;
         expect(counts.get(n), `${n}: ${want} copies (${final.get(n)?.state})`).toBe(want);
       }
-      tl.mark(`copy watch: ${watch!.samples} samples, never twice; final counts: ${[...counts].map(([n, c]) => `${n}=${c}`).join(' ')}`);
+      tl.mark(`copy watch: ${fx.watch!.samples} samples, never twice; final counts: ${[...counts].map(([n, c]) => `${n}=${c}`).join(' ')}`);
       const a = await answer;
       tl.mark(`vm start ${vm.name} answered after ${a.after} ms: ${a.ok ? 'ok' : 'ERROR'}: ${a.msg}`);
       expect(a, `vm start of the failed (still protected) ${vm.name} answers with success`).toMatchObject({ ok: true });

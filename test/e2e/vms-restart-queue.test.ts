@@ -3,43 +3,30 @@
  * fails is retried on the schedule, its attempt count is written to `restartqueue` on its
  * datastore by the master, and a new master continues the count instead of starting over.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { waitFor, type Lab } from './helpers/lab.js';
-import { Timeline, powerCut, startVmLab, teardownVmLab, vmsVia, type VmLab } from './helpers/vms.js';
+import { waitFor } from './helpers/lab.js';
+import { Timeline, powerCut, useVmLab, vmsVia } from './helpers/vms.js';
 
 describe('restart queue on shared storage', () => {
-  let v: VmLab;
-  let lab: Lab | undefined;
-  let dir: string | undefined;
-
-  beforeAll(async () => {
-    v = await startVmLab('queue', { hosts: 4, vms: 4 }, (l, d) => {
-      lab = l;
-      dir = d;
-    });
-  }, 120_000);
-
-  afterAll(async () => {
-    await teardownVmLab(lab, dir);
-  }, 60_000);
+  const fx = useVmLab('queue', { hosts: 4, vms: 4 }, { watch: false });
 
   it('records failed restart attempts on the datastore, and a new master continues them', async () => {
     const tl = new Timeline('restart queue');
     try {
-      const all = (await vmsVia(v.lab, v.hosts))!.vms;
+      const all = (await vmsVia(fx.v.lab, fx.v.hosts))!.vms;
       // A VM on a slave whose config now names a command that does not exist: every restart fails.
-      const target = all.find((x) => x.host && x.host !== v.master && x.protected)!;
+      const target = all.find((x) => x.host && x.host !== fx.v.master && x.protected)!;
       const [ds, rel] = [target.id.slice(0, target.id.indexOf(':')), target.id.slice(target.id.indexOf(':') + 1)];
-      const cfgFile = join(v.dir, 'datastores', ds, rel);
+      const cfgFile = join(fx.v.dir, 'datastores', ds, rel);
       const cfg = JSON.parse(await readFile(cfgFile, 'utf8')) as Record<string, unknown>;
       await writeFile(cfgFile, JSON.stringify({ ...cfg, command: '/nonexistent/vigil-test-command', args: [] }));
-      await powerCut(v.lab, v.dir, target.host!);
+      await powerCut(fx.v.lab, fx.v.dir, target.host!);
       tl.mark(`${target.name} now names a missing command; power cut of ${target.host}`);
-      const alive = v.hosts.filter((h) => h !== target.host);
+      const alive = fx.v.hosts.filter((h) => h !== target.host);
 
-      const queueFile = join(v.dir, 'datastores', ds, '.vigil-ha', 'lab', 'restartqueue');
+      const queueFile = join(fx.v.dir, 'datastores', ds, '.vigil-ha', 'lab', 'restartqueue');
       const line = await waitFor(
         `${queueFile} to record a failed attempt of ${target.id}`,
         async () => {
@@ -52,15 +39,15 @@ describe('restart queue on shared storage', () => {
       const before = Number(line.split(' ')[1]);
 
       // The master dies: the new one must continue the count, not start over at 0.
-      await powerCut(v.lab, v.dir, v.master);
-      tl.mark(`power cut of the master ${v.master}`);
-      const rest = alive.filter((h) => h !== v.master);
+      await powerCut(fx.v.lab, fx.v.dir, fx.v.master);
+      tl.mark(`power cut of the master ${fx.v.master}`);
+      const rest = alive.filter((h) => h !== fx.v.master);
       const row = await waitFor(
         `a new master that knows ${target.name} has had attempts`,
         async () => {
-          const r = await vmsVia(v.lab, rest);
+          const r = await vmsVia(fx.v.lab, rest);
           const vm = r?.vms.find((x) => x.id === target.id);
-          return r && r.master !== v.master && vm && vm.attempts >= before ? { master: r.master, vm } : undefined;
+          return r && r.master !== fx.v.master && vm && vm.attempts >= before ? { master: r.master, vm } : undefined;
         },
         { timeoutMs: 30_000, intervalMs: 200 },
       );

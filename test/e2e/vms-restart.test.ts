@@ -9,10 +9,9 @@
  *  - both hosts powered on again rejoin as slaves of the new master: no VM moves or doubles.
  * A background pgrep watch checks that no VM ever runs twice, at any moment of the test.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { describeLab, readLog, startHosts, waitFor, type Lab } from './helpers/lab.js';
+import { describe, expect, it } from 'vitest';
+import { describeLab, readLog, startHosts, waitFor } from './helpers/lab.js';
 import {
-  CopyWatch,
   Timeline,
   byName,
   countCopies,
@@ -22,76 +21,53 @@ import {
   powerCut as cutPower,
   priorityInversion,
   secs,
-  startVmLab,
-  teardownVmLab,
+  useVmLab,
   timeOf,
   vmsVia,
   waitRunningElsewhere,
   holdFor,
-  type VmLab,
 } from './helpers/vms.js';
 
 describe('VM restarts after power cuts (4 hosts, 12 VMs)', () => {
-  let v: VmLab;
-  let lab: Lab | undefined;
-  let dir: string | undefined;
-  let watch: CopyWatch | undefined;
+  const fx = useVmLab('restart', { hosts: 4, vms: 12 });
   const down: string[] = [];
   let slave = '';
   let newMaster = '';
   /** Supervisors that survived a lab power cut (a lab bug; see powerCut). */
   const strays: string[] = [];
 
-  beforeAll(async () => {
-    const tl = new Timeline('setup');
-    try {
-      v = await startVmLab('restart', { hosts: 4, vms: 12, timeline: tl }, (l, d) => {
-        lab = l;
-        dir = d;
-      });
-      watch = new CopyWatch(v.dir).start();
-    } finally {
-      tl.print();
-    }
-  }, 120_000);
-
-  afterAll(async () => {
-    await watch?.stop();
-    await teardownVmLab(lab, dir);
-  }, 60_000);
-
-  const alive = () => v.hosts.filter((h) => !down.includes(h));
+  const alive = () => fx.v.hosts.filter((h) => !down.includes(h));
   const flapsSeen: string[] = [];
-  const readLogSince = (h: string, offset: number | undefined) => readLog(v.lab.paths.log(h), offset ?? 0);
+  const readLogSince = (h: string, offset: number | undefined) => readLog(fx.v.lab.paths.log(h), offset ?? 0);
 
   /** Power-cut `victim`; wait for its VMs to run elsewhere; check order and that nothing else moved. */
   async function powerCut(victim: string, master: string, tl: Timeline): Promise<void> {
-    const before = await vmsVia(v.lab, alive());
+    const before = await vmsVia(fx.v.lab, alive());
     expect(before).not.toBeNull();
     const lost = before!.vms.filter((r) => r.host === victim && r.protected);
     const others = before!.vms.filter((r) => r.host !== victim);
     expect(lost.length, `${victim} runs VMs`).toBeGreaterThan(0);
-    const offsets = logOffsets(v.lab, v.hosts);
+    const offsets = logOffsets(fx.v.lab, fx.v.hosts);
     const t0 = tl.mark(`power cut of ${victim} (${lost.length} VMs: ${lost.map((r) => `${r.name}/${r.priority}`).join(', ')})`);
-    strays.push(...(await cutPower(v.lab, v.dir, victim)));
+    strays.push(...(await cutPower(fx.v.lab, fx.v.dir, victim)));
     down.push(victim);
 
     let m = master;
     if (victim === master) {
-      const elected = await v.lab.waitConverged(30_000, alive());
+      const elected = await fx.v.lab.waitConverged(30_000, alive());
       expect(elected, 'a new master among the survivors').not.toBeNull();
       m = elected!;
       expect(m).not.toBe(victim);
       tl.mark(`${m} is the new master`);
     }
-    const back = await waitRunningElsewhere(v, alive, lost.map((r) => r.name), down, t0, tl);
+    const back = await waitRunningElsewhere(fx.v, alive, lost.map((r) => r.name), down, t0, tl);
     const last = Math.max(...[...back.values()].map((b) => b.afterMs));
 
     // The master that restarted them saw the host dead, then restarted in priority order.
-    const dead = logEvents(v.lab, m, 'host.dead', offsets[m]).filter((l) => l.subject === victim);
+    const dead = logEvents(fx.v.lab, m, 'host.dead', offsets[m]).filter((l) => l.subject === victim);
     if (dead[0]) tl.mark(`${m} declared ${victim} dead`, timeOf(dead[0]));
     const ids = new Set(lost.map((r) => r.id));
-    const restarting = firstRestarts(logEvents(v.lab, m, 'vm.restarting', offsets[m]), ids);
+    const restarting = firstRestarts(logEvents(fx.v.lab, m, 'vm.restarting', offsets[m]), ids);
     tl.mark(`restart order in ${m}'s log: ${restarting.map((r) => `${r.vm.replace(/^.*\//, '').replace(/\.json$/, '')}/${r.priority}->${r.target}`).join(', ')}`);
     expect(restarting.map((r) => r.vm).sort(), `a vm.restarting line in ${m}'s log for each VM of ${victim}`).toEqual([...ids].sort());
     expect(priorityInversion(restarting), 'vm.restarting lines in priority order').toBeNull();
@@ -105,20 +81,20 @@ describe('VM restarts after power cuts (4 hosts, 12 VMs)', () => {
     flapsSeen.push(...flaps.map((f) => `${m}: ${victim} ${String(f.event)} after host.dead (${String(f.reason)})`));
 
     // Nothing else moved, and every VM of the cluster runs exactly once.
-    const after = byName((await vmsVia(v.lab, [m]))!.vms);
+    const after = byName((await vmsVia(fx.v.lab, [m]))!.vms);
     for (const o of others) expect(after.get(o.name)?.host, `${o.name} did not move`).toBe(o.host);
-    const counts = await countCopies(v.dir, v.names);
-    for (const n of v.names) expect(counts.get(n), `${n} runs exactly once`).toBe(1);
+    const counts = await countCopies(fx.v.dir, fx.v.names);
+    for (const n of fx.v.names) expect(counts.get(n), `${n} runs exactly once`).toBe(1);
   }
 
   it('power cut of a slave: its VMs run again elsewhere, once each, in priority order', async () => {
     const tl = new Timeline('slave power cut');
     try {
-      const view = (await vmsVia(v.lab, [v.master]))!;
+      const view = (await vmsVia(fx.v.lab, [fx.v.master]))!;
       // The slave with the most VMs.
-      const slaves = v.hosts.filter((h) => h !== v.master);
+      const slaves = fx.v.hosts.filter((h) => h !== fx.v.master);
       slave = slaves.sort((a, b) => view.vms.filter((r) => r.host === b).length - view.vms.filter((r) => r.host === a).length)[0]!;
-      await powerCut(slave, v.master, tl);
+      await powerCut(slave, fx.v.master, tl);
     } finally {
       tl.print();
     }
@@ -127,9 +103,9 @@ describe('VM restarts after power cuts (4 hosts, 12 VMs)', () => {
   it('power cut of the master: a new master, and its VMs run again elsewhere, once each', async () => {
     const tl = new Timeline('master power cut');
     try {
-      await powerCut(v.master, v.master, tl);
-      newMaster = (await v.lab.waitConverged(10_000, alive()))!;
-      expect(newMaster).not.toBe(v.master);
+      await powerCut(fx.v.master, fx.v.master, tl);
+      newMaster = (await fx.v.lab.waitConverged(10_000, alive()))!;
+      expect(newMaster).not.toBe(fx.v.master);
     } finally {
       tl.print();
     }
@@ -138,18 +114,18 @@ describe('VM restarts after power cuts (4 hosts, 12 VMs)', () => {
   it('the killed hosts powered on again rejoin as slaves; nothing moves or doubles', async () => {
     const tl = new Timeline('hosts back');
     try {
-      const before = byName((await vmsVia(v.lab, [newMaster]))!.vms);
-      const offsets = logOffsets(v.lab, v.hosts);
+      const before = byName((await vmsVia(fx.v.lab, [newMaster]))!.vms);
+      const offsets = logOffsets(fx.v.lab, fx.v.hosts);
       tl.mark(`powering ${down.join(' and ')} on again`);
-      await startHosts(v.lab, [...down]);
+      await startHosts(fx.v.lab, [...down]);
       down.length = 0;
-      const m = await waitFor('all four hosts to follow one master', () => v.lab.waitConverged(1000), { timeoutMs: 30_000, describe: () => describeLab(v.lab) });
-      tl.mark(`converged: ${m} master, ${v.hosts.filter((h) => h !== m).join(', ')} slaves`);
+      const m = await waitFor('all four hosts to follow one master', () => fx.v.lab.waitConverged(1000), { timeoutMs: 30_000, describe: () => describeLab(fx.v.lab) });
+      tl.mark(`converged: ${m} master, ${fx.v.hosts.filter((h) => h !== m).join(', ')} slaves`);
       expect(m, 'the running master keeps its role').toBe(newMaster);
       const polls = await holdFor('VMs stay where they are, once each', 3000, async () => {
-        const view = await vmsVia(v.lab, [m]);
+        const view = await vmsVia(fx.v.lab, [m]);
         if (!view) return 'no vms view';
-        const counts = await countCopies(v.dir, v.names);
+        const counts = await countCopies(fx.v.dir, fx.v.names);
         for (const r of view.vms) {
           const b = before.get(r.name);
           if (r.host !== b?.host) return `${r.name} moved from ${b?.host} to ${r.host}`;
@@ -159,13 +135,13 @@ describe('VM restarts after power cuts (4 hosts, 12 VMs)', () => {
         return null;
       });
       tl.mark(`held for 3 s (${polls} polls): no VM moved, each runs once`);
-      const restarts = logEvents(v.lab, m, 'vm.restarting', offsets[m]);
+      const restarts = logEvents(fx.v.lab, m, 'vm.restarting', offsets[m]);
       expect(restarts.map((l) => l.message), 'no restart after the hosts came back').toEqual([]);
-      await watch!.stop();
-      expect(watch!.doubled(), 'no VM ever ran twice').toEqual([]);
-      tl.mark(`copy watch: ${watch!.samples} samples, no VM ever seen twice`);
-      const counts = await countCopies(v.dir, v.names);
-      for (const n of v.names) expect(counts.get(n), `${n} runs exactly once`).toBe(1);
+      await fx.watch!.stop();
+      expect(fx.watch!.doubled(), 'no VM ever ran twice').toEqual([]);
+      tl.mark(`copy watch: ${fx.watch!.samples} samples, no VM ever seen twice`);
+      const counts = await countCopies(fx.v.dir, fx.v.names);
+      for (const n of fx.v.names) expect(counts.get(n), `${n} runs exactly once`).toBe(1);
       // Checked last, so that everything above is shown regardless.
       const problems = [...strays.map((x) => `lab kill: ${x}`), ...flapsSeen];
       expect(problems, 'a host declared dead stays dead while its VMs are restarted elsewhere; lab kill left nothing running').toEqual([]);

@@ -4,6 +4,7 @@
  * watch that would catch a VM running twice at any moment, the agents' log events, a short
  * timeline printed by every test, and a cleanup that leaves no process of the lab behind.
  */
+import { afterAll, beforeAll } from 'vitest';
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -489,4 +490,46 @@ export async function powerCut(lab: Lab, dir: string, ...hosts: string[]): Promi
     }
   }
   return strays;
+}
+
+/** A VM lab shared by the tests of one file: set up in beforeAll, torn down in afterAll. */
+export interface VmLabFixture {
+  /** The lab (available once beforeAll has run). */
+  readonly v: VmLab;
+  /** Watches for any VM running twice, for the whole file (tests may replace it). */
+  watch: CopyWatch | undefined;
+}
+
+/**
+ * Register beforeAll/afterAll for a VM lab (startVmLab) and, unless `watch: false`, a CopyWatch
+ * started with it. Teardown runs even when setup failed half-way.
+ */
+export function useVmLab(name: string, opts: Omit<Parameters<typeof startVmLab>[1], 'timeline'>, fixture: { watch?: boolean } = {}): VmLabFixture {
+  let lab: Lab | undefined;
+  let dir: string | undefined;
+  let v: VmLab | undefined;
+  const fx: VmLabFixture = {
+    get v(): VmLab {
+      if (!v) throw new Error(`the ${name} lab is not set up (see the beforeAll output)`);
+      return v;
+    },
+    watch: undefined,
+  };
+  beforeAll(async () => {
+    const tl = new Timeline('setup');
+    try {
+      v = await startVmLab(name, { ...opts, timeline: tl }, (l, d) => {
+        lab = l;
+        dir = d;
+      });
+      if (fixture.watch !== false) fx.watch = new CopyWatch(v.dir).start();
+    } finally {
+      tl.print();
+    }
+  }, 120_000);
+  afterAll(async () => {
+    await fx.watch?.stop();
+    await teardownVmLab(lab, dir);
+  }, 60_000);
+  return fx;
 }
