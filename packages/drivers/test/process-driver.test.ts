@@ -115,6 +115,20 @@ describe('process driver', () => {
     expect(d2.list()).toEqual([expect.objectContaining({ id: v.id, power: 'on', pid })]);
   });
 
+  it('never starts a second copy next to a live supervisor whose state file was lost', async () => {
+    const d1 = driver();
+    const v = await vm('f');
+    await d1.powerOn(await d1.loadSpec(v.id, v.path));
+    const pid = d1.list()[0]!.pid!;
+    await d1.close();
+    await rm(join(root, 'host-1', 'vms', `${vmFileName(v.id)}.json`));
+    const d2 = driver();
+    expect(d2.list()).toEqual([]);
+    await expect(d2.powerOn(await d2.loadSpec(v.id, v.path))).rejects.toMatchObject({ code: 'ELEASEHELD' });
+    expect(() => process.kill(pid, 0)).not.toThrow();
+    process.kill(pid, 'SIGKILL');
+  });
+
   it('refuses a bad VM config with a message naming the key', async () => {
     const d = driver();
     await mkdir(join(ds, 'vms'), { recursive: true });

@@ -12,7 +12,7 @@ import { vmFileName, vmIdFromFileName } from '@vigil/datastore';
 import { hostCapacity } from '../capacity.js';
 import type { Driver, DriverEvent, HostCapacity, StopReason, VmRuntime, VmSpec } from '../types.js';
 import { readProcessVm, specOf } from './spec.js';
-import { isSupervisorOf, readState, type SupervisorState } from './state.js';
+import { isSupervisorOf, liveSupervisors, readState, type SupervisorState } from './state.js';
 import type { SupervisorArgs } from './supervisor.js';
 
 const SUPERVISOR_MAIN = fileURLToPath(new URL('./supervisor-main.js', import.meta.url));
@@ -88,6 +88,14 @@ export class ProcessDriver implements Driver {
   async powerOn(spec: VmSpec, takeover = ''): Promise<void> {
     const existing = this.tracked.get(spec.id);
     if (existing && isSupervisorOf(existing.supervisorPid, spec.id)) return; // already running here
+    // A supervisor of this VM for this host that we do not track (its state file was lost):
+    // never start a second one, which would take over the first one's live lease.
+    const untracked = liveSupervisors(spec.id, this.opts.host).filter((p) => p !== existing?.supervisorPid);
+    if (untracked.length > 0) {
+      const err = new Error(`${spec.id} already runs here under supervisor ${untracked.join(', ')} (not tracked: its state file is gone)`);
+      (err as Error & { code?: string }).code = 'ELEASEHELD';
+      throw err;
+    }
     const dsPath = this.opts.datastores[spec.datastore];
     if (!dsPath) throw new Error(`datastore ${spec.datastore} is not mounted on ${this.opts.host}`);
     const stateFile = this.stateFile(spec.id);
@@ -103,6 +111,7 @@ export class ProcessDriver implements Driver {
       selfFenceDeadlineMs: this.opts.timing.selfFenceDeadlineMs,
       storageCallTimeoutMs: this.opts.timing.storageCallTimeoutMs,
       shutdownTimeoutMs: this.opts.shutdownTimeoutMs,
+      // Our own earlier record: no live supervisor of this VM exists here (checked above).
       takeoverOwn: true,
       takeover,
     };

@@ -3,7 +3,7 @@
  * hears about the supervisors (and so the VMs) it started, even after an agent crash.
  */
 import { readFile } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 export type SupervisorPhase = 'starting' | 'running' | 'exited' | 'stopped' | 'fenced' | 'leaseHeld' | 'failed';
 
@@ -43,4 +43,39 @@ export function isSupervisorOf(pid: number, vm: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Pids of the live supervisors of `vm` for `host` on this machine, found by their command lines
+ * (argv: supervisor-main <vm as base64url> <args as base64url JSON>), whether or not a state
+ * file points at them. Used before a power-on, so that a supervisor whose state file was lost is
+ * never doubled by a second one taking over its (live) lease.
+ */
+export function liveSupervisors(vm: string, host: string): number[] {
+  const tag = Buffer.from(vm).toString('base64url');
+  const out: number[] = [];
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return out;
+  }
+  for (const e of entries) {
+    if (!/^[0-9]+$/.test(e)) continue;
+    let argv: string[];
+    try {
+      argv = readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0');
+    } catch {
+      continue;
+    }
+    const i = argv.findIndex((a) => a.endsWith('supervisor-main.js'));
+    if (i < 0 || argv[i + 1] !== tag) continue;
+    try {
+      const args = JSON.parse(Buffer.from(argv[i + 2] ?? '', 'base64url').toString('utf8')) as { host?: unknown };
+      if (args.host === host) out.push(Number(e));
+    } catch {
+      /* not ours */
+    }
+  }
+  return out;
 }
