@@ -10,7 +10,7 @@ import type { CoreAction, CoreEvent, Role } from './events.js';
 import type { Message } from './messages.js';
 import { clipError } from './messages.js';
 import { Election, type ElectionStatus } from './election.js';
-import { Ownership, type DatastoreOwnership } from './ownership.js';
+import { Ownership } from './ownership.js';
 import { StorageView } from './storage-view.js';
 import { FailureDetector } from './failure.js';
 import { VmManager, type HostPlacementInfo, type VmView } from './vms.js';
@@ -329,17 +329,11 @@ export class HostCore {
     return { ...this.election.status(), owned: this.ownership.owned() };
   }
 
-  ownershipView(): DatastoreOwnership[] {
-    return this.ownership.view(this.now);
-  }
 
   protectedVms(): Map<string, string[]> {
     return this.ownership.protectedVms();
   }
 
-  poweredOff(): Map<string, string[]> {
-    return this.storage.poweredOff();
-  }
 
   vmsView(): VmView[] {
     return this.vms.view(this.now);

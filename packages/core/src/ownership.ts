@@ -24,17 +24,6 @@ export interface OwnershipOptions {
   retryMs: number;
 }
 
-export interface DatastoreOwnership {
-  datastore: string;
-  /** This host holds the protectedlist lease. */
-  held: boolean;
-  generation: number | null;
-  /** Who holds it as far as this host can see (record holder), and whether that looks alive. */
-  holder: HostId | null;
-  holderLiveness: string;
-  protectedVms: number;
-}
-
 export class Ownership {
   private readonly ds = new Map<string, DsState>();
   private readonly lastRecord = new Map<string, LeaseRecordView | null>();
@@ -59,22 +48,6 @@ export class Ownership {
     const m = new Map<string, string[]>();
     for (const [d, s] of this.ds) if (s.kind === 'held') m.set(d, [...s.committed]);
     return m;
-  }
-
-  view(now: number): DatastoreOwnership[] {
-    const names = new Set([...this.accessible, ...this.ds.keys(), ...this.lastRecord.keys()]);
-    return [...names].sort().map((d) => {
-      const s = this.ds.get(d);
-      const rec = this.lastRecord.get(d) ?? null;
-      return {
-        datastore: d,
-        held: s?.kind === 'held',
-        generation: s?.kind === 'held' ? s.generation : null,
-        holder: rec?.host ?? null,
-        holderLiveness: this.tracker.state(d, now),
-        protectedVms: s?.kind === 'held' ? s.vms.size : 0,
-      };
-    });
   }
 
   /** Called by HostCore when the role changes: a master wants every datastore, others none. */

@@ -344,11 +344,6 @@ export class VmManager {
     }
   }
 
-  /** VMs each host runs, as last known. */
-  vmsOn(host: HostId): string[] {
-    return [...(this.hostVms.get(host) ?? [])];
-  }
-
   /** Resolve a CLI name or id to a VM id ('ambiguous' if several VMs share the name). */
   resolve(nameOrId: string): string | null | 'ambiguous' {
     if (nameOrId.includes(':')) return this.catalog.has(nameOrId) || this.protectedSet.has(nameOrId) ? nameOrId : null;
