@@ -110,6 +110,12 @@ export class VmManager {
   private readonly running = new Map<string, HostId>();
   private readonly tracks = new Map<string, VmTrack>();
   private readonly leases: ChangeTracker;
+  /**
+   * Renewals by the recorded holder only (the record without the claim counter). A takeover in
+   * progress bumps the claim counter, which is activity on the lease but no sign that the old
+   * holder lives: judging the old holder's host uses this tracker.
+   */
+  private readonly renewals: ChangeTracker;
   /** Last lease record seen per VM, encoded for a takeover ('' none, 'orphan' lock without record). */
   private readonly leaseRecords = new Map<string, string>();
   /** Holder of each VM's lease as last read. */
@@ -133,6 +139,7 @@ export class VmManager {
 
   constructor(private readonly opts: VmManagerOptions) {
     this.leases = new ChangeTracker(opts.timing.leaseTimeoutMs);
+    this.renewals = new ChangeTracker(opts.timing.leaseTimeoutMs);
     this.maxResets = opts.maxResets ?? 3;
     this.powerOnTimeoutMs = opts.powerOnTimeoutMs ?? 3 * opts.timing.storageCallTimeoutMs + 10_000;
     this.stopTimeoutMs = opts.stopTimeoutMs ?? Math.min(opts.timing.isolationShutdownTimeoutMs, 30_000);
@@ -238,6 +245,8 @@ export class VmManager {
     const value = record ? `${record.host}:${record.generation}:${record.token}:${record.counter}:${maxClaim}` : orphan ? `lock-without-record:${maxClaim}` : null;
     const released = record?.state === 'released' && maxClaim === record.generation;
     this.leases.observe(vm, { value, released }, now);
+    const renewal = record && !released ? `${record.host}:${record.generation}:${record.token}:${record.counter}` : null;
+    this.renewals.observe(vm, { value: renewal }, now);
     this.leaseRecords.set(vm, record ? (released ? '' : value!) : orphan ? 'orphan' : '');
     const holder = record && !released ? record.host : null;
     if (this.leaseHolders.get(vm) !== holder) this.dirty = true;
@@ -268,7 +277,7 @@ export class VmManager {
       const st = this.leases.state(vm, now);
       const holder = this.leaseHolders.get(vm);
       if (st === 'unknown' && (holder === undefined || holder === host)) unjudged = true;
-      if (st === 'alive' && holder === host) alive = true;
+      if (holder === host && this.renewals.state(vm, now) === 'alive') alive = true;
     }
     return { alive, unjudged };
   }
