@@ -21,6 +21,7 @@ import {
   LeaseError,
   LeaseFile,
   LeaseKeeper,
+  hostVmLeaseName,
   isVmId,
   parsePoweron,
   parseProtectedList,
@@ -438,6 +439,15 @@ export class StorageRuntime {
         for (const [host, h] of Object.entries(this.config.hosts)) {
           if (host === this.host || !h.datastores.includes(ds)) continue;
           if (this.role === 'slave' && host !== this.masterHost) continue;
+          // Its VM daemon's host VM lease: what its VM leases live by (sanlock's design).
+          reads.push(
+            this.lease(ds, hostVmLeaseName(host))
+              .read()
+              .then((snap) => {
+                this.opts.feed({ type: 'hostVmLeaseSample', now: this.clock.now(), host, datastore: ds, record: snap.record });
+              })
+              .catch(() => {}),
+          );
           if (!heartbeatDatastoresFor(this.config, host).includes(ds)) continue;
           reads.push(
             this.lease(ds, `${host}-hb`)

@@ -44,6 +44,8 @@ export type CoreEvent =
   /** Master: every host's poweron file and poweredoff/ have been read once since it became master. */
   | { type: 'inventoryScanned'; now: number }
   /** Master: a read of a VM's lease record. */
+  /** A read of host N's host VM lease `host-N-vm` on a datastore (master: every host; slave: its master). */
+  | { type: 'hostVmLeaseSample'; now: number; host: HostId; datastore: string; record: LeaseRecordView | null }
   | { type: 'vmLeaseSample'; now: number; vm: string; record: LeaseRecordView | null; lockExists: boolean; maxClaim: number }
   /** Master: restart state found on disk when it took a protectedlist. */
   | { type: 'restartQueue'; now: number; datastore: string; entries: { vm: string; attempts: number; failed: boolean }[] }
@@ -69,6 +71,8 @@ export interface LeaseRecordView {
   state: 'held' | 'released';
   /** Highest generation claimed (a takeover claims exactly the next one). */
   maxClaim?: number;
+  /** VM leases: the holder's host VM lease (`host-N-vm`) generation it is held under. */
+  hostLease?: number;
 }
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';

@@ -118,6 +118,9 @@ export class HostCore {
       case 'inventoryScanned':
         if (master) this.vms.markInventoryReady();
         break;
+      case 'hostVmLeaseSample':
+        this.vms.hostVmLeaseSample(ev.host, ev.datastore, ev.record, ev.now);
+        break;
       case 'vmLeaseSample':
         this.vms.leaseSample(ev.vm, ev.record, ev.lockExists, ev.maxClaim, ev.now);
         break;

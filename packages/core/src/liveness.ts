@@ -5,6 +5,13 @@
  * seen unchanged for the whole lease timeout. No remote timestamp is ever compared with the
  * local clock, so a host whose clock is minutes off neither steals a live lock nor is declared
  * dead. This is how sanlock's delta leases and CloudStack's KVM heartbeat judge liveness.
+ *
+ * "Unchanged for the lease timeout" must be SEEN: the judgement runs from the first sighting of
+ * the value to the latest read that still returned it, never to the current time. Records only
+ * move forward (generations and counters grow, tokens are random), so two reads returning the
+ * same value prove that nothing was renewed in between, however long the gap; but an observer
+ * whose reads fail, hang or were not made (a slave during an election) has seen nothing, and
+ * the silence of its own storage is no evidence that the holder stopped.
  */
 
 export type Liveness =
@@ -27,6 +34,8 @@ interface Track {
   lastChange: number;
   changedEver: boolean;
   released: boolean;
+  /** Local time of the latest observation. */
+  lastSample: number;
 }
 
 /** What an observation reports: a comparable value (null = no record) and whether it says released. */
@@ -43,9 +52,10 @@ export class ChangeTracker {
   observe(key: string, sample: Sample, now: number): void {
     const t = this.tracks.get(key);
     if (!t) {
-      this.tracks.set(key, { value: sample.value, firstSeen: now, lastChange: now, changedEver: false, released: !!sample.released });
+      this.tracks.set(key, { value: sample.value, firstSeen: now, lastChange: now, changedEver: false, released: !!sample.released, lastSample: now });
       return;
     }
+    t.lastSample = Math.max(t.lastSample, now);
     if (t.value !== sample.value) {
       t.value = sample.value;
       t.lastChange = now;
@@ -59,9 +69,9 @@ export class ChangeTracker {
     if (!t) return 'unknown';
     if (t.released) return 'released';
     if (t.value === null) return t.changedEver ? 'dead' : 'absent';
-    const quiet = now - t.lastChange;
-    if (quiet >= this.leaseTimeoutMs) return 'dead';
-    return t.changedEver ? 'alive' : 'unknown';
+    // Seen unchanged from lastChange to lastSample (not to `now`: see the header).
+    if (t.lastSample - t.lastChange >= this.leaseTimeoutMs) return 'dead';
+    return t.changedEver && now - t.lastChange < this.leaseTimeoutMs ? 'alive' : 'unknown';
   }
 
   /** Local time since the value last changed (or was first seen). */

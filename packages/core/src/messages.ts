@@ -52,13 +52,37 @@ export interface PowerOnMsg {
   /**
    * The VM lease state the master judged dead, `host:generation:token:counter:maxClaim`, or `orphan`
    * (a lock seen without a record), or '' when the lease is free. The host takes the lease
-   * over only if the record is still exactly this one.
+   * over only if the record is still exactly this one. When the record names a host VM lease
+   * generation, `/` follows with the state of the holder's host VM lease the master saw dead:
+   * `generation:token:counter`, or `-` when that host lease no longer had the record's
+   * generation; the host checks that too (see TakeoverState).
    */
   takeover: string;
 }
 
 /** Encode a lease record for PowerOnMsg.takeover. */
-export const TAKEOVER_PATTERN = /^(|orphan|host-[0-9]{1,9}:[0-9]{1,15}:[0-9a-f]{8,64}:[0-9]{1,15}:[0-9]{1,15})$/;
+export const TAKEOVER_PATTERN = /^(|orphan|host-[0-9]{1,9}:[0-9]{1,15}:[0-9a-f]{8,64}:[0-9]{1,15}:[0-9]{1,15}(\/([0-9]{1,15}:[0-9a-f]{8,64}:[0-9]{1,15}|-))?)$/;
+
+/** A takeover string, decoded (see PowerOnMsg.takeover). */
+export interface TakeoverState {
+  record: { host: HostId; generation: number; token: string; counter: number };
+  maxClaim: number;
+  /** The holder's host VM lease as judged dead; null: it had moved off the record's generation; undefined: no host lease involved. */
+  hostLease?: { generation: number; token: string; counter: number } | null;
+}
+
+export function parseTakeover(s: string): TakeoverState | null {
+  if (!TAKEOVER_PATTERN.test(s) || s === '' || s === 'orphan') return null;
+  const [lease, host] = s.split('/');
+  const p = lease!.split(':');
+  const out: TakeoverState = { record: { host: p[0]!, generation: Number(p[1]), token: p[2]!, counter: Number(p[3]) }, maxClaim: Number(p[4]) };
+  if (host === '-') out.hostLease = null;
+  else if (host !== undefined) {
+    const h = host.split(':');
+    out.hostLease = { generation: Number(h[0]), token: h[1]!, counter: Number(h[2]) };
+  }
+  return out;
+}
 
 /** Master -> host: stop this VM (graceful: shutdown forced off after timeoutMs; else hard off). */
 export interface PowerOffMsg {

@@ -116,6 +116,16 @@ export class VmManager {
    * holder lives: judging the old holder's host uses this tracker.
    */
   private readonly renewals: ChangeTracker;
+  /** The VM lease records as last read. */
+  private readonly leaseViews = new Map<string, LeaseRecordView | null>();
+  /**
+   * Host VM leases (`host-N-vm`), keyed `host@datastore`: a VM lease is not renewed itself; it
+   * lives as long as its holder's host VM lease is renewed with the generation in its record.
+   * Kept across role changes: a slave watches its master's, so that as the new master it can
+   * judge the old master's VM leases at once.
+   */
+  private readonly hostVm: ChangeTracker;
+  private readonly hostVmRecords = new Map<string, LeaseRecordView | null>();
   /** Last lease record seen per VM, encoded for a takeover ('' none, 'orphan' lock without record). */
   private readonly leaseRecords = new Map<string, string>();
   /** Holder of each VM's lease as last read. */
@@ -140,6 +150,7 @@ export class VmManager {
   constructor(private readonly opts: VmManagerOptions) {
     this.leases = new ChangeTracker(opts.timing.leaseTimeoutMs);
     this.renewals = new ChangeTracker(opts.timing.leaseTimeoutMs);
+    this.hostVm = new ChangeTracker(opts.timing.leaseTimeoutMs);
     this.maxResets = opts.maxResets ?? 3;
     this.powerOnTimeoutMs = opts.powerOnTimeoutMs ?? 3 * opts.timing.storageCallTimeoutMs + 10_000;
     this.stopTimeoutMs = opts.stopTimeoutMs ?? Math.min(opts.timing.isolationShutdownTimeoutMs, 30_000);
@@ -247,17 +258,58 @@ export class VmManager {
     this.leases.observe(vm, { value, released }, now);
     const renewal = record && !released ? `${record.host}:${record.generation}:${record.token}:${record.counter}` : null;
     this.renewals.observe(vm, { value: renewal }, now);
+    this.leaseViews.set(vm, record);
     this.leaseRecords.set(vm, record ? (released ? '' : value!) : orphan ? 'orphan' : '');
     const holder = record && !released ? record.host : null;
     if (this.leaseHolders.get(vm) !== holder) this.dirty = true;
     this.leaseHolders.set(vm, holder);
   }
 
+  /** A read of host `host`'s host VM lease on `datastore`. */
+  hostVmLeaseSample(host: HostId, datastore: string, record: LeaseRecordView | null, now: number): void {
+    const key = `${host}@${datastore}`;
+    const held = record && record.state === 'held' && record.host === host ? record : null;
+    this.hostVm.observe(key, { value: held ? `${held.generation}:${held.token}:${held.counter}` : null }, now);
+    this.hostVmRecords.set(key, held);
+  }
+
+  /**
+   * The liveness of a VM's lease. A change of the VM lease itself (acquired, released, a claim)
+   * within the lease timeout: alive. Otherwise, if its record names a host VM lease generation
+   * and the holder's host VM lease on that datastore has that generation: whatever that host
+   * lease's liveness is (renewed: alive; unchanged for the lease timeout: dead, even if this
+   * host only started watching the VM lease now). Otherwise (no host lease, or it moved to
+   * another generation): the VM lease's own record, dead after the lease timeout unchanged.
+   */
+  private leaseStateOf(vm: string, now: number): Liveness {
+    const st = this.leases.state(vm, now);
+    if (st === 'alive' || st === 'released' || st === 'absent') return st;
+    const key = this.hostLeaseKey(vm);
+    if (key) {
+      const h = this.hostVm.state(key, now);
+      if (h === 'alive' || h === 'dead') return h;
+      if (h === 'unknown') return 'unknown';
+    }
+    return st;
+  }
+
+  /** `host@datastore` of the host VM lease the VM's lease is held under, if it has that generation now. */
+  private hostLeaseKey(vm: string): string | null {
+    const rec = this.leaseViews.get(vm);
+    if (!rec || rec.state !== 'held' || rec.hostLease === undefined) return null;
+    const key = `${rec.host}@${vmDatastore(vm)}`;
+    return this.hostVmRecords.get(key)?.generation === rec.hostLease ? key : null;
+  }
+
   /** What a host must present to take the VM's lease over ('' when it is free). */
   private takeoverOf(vm: string, now: number): string {
-    const st = this.leases.state(vm, now);
-    if (st === 'dead') return this.leaseRecords.get(vm) ?? '';
-    return '';
+    if (this.leaseStateOf(vm, now) !== 'dead') return '';
+    const base = this.leaseRecords.get(vm) ?? '';
+    const rec = this.leaseViews.get(vm);
+    if (!base || base === 'orphan' || !rec || rec.hostLease === undefined) return base;
+    const key = this.hostLeaseKey(vm);
+    const h = key ? this.hostVmRecords.get(key) : null;
+    return `${base}/${h ? `${h.generation}:${h.token}:${h.counter}` : '-'}`;
   }
 
   /**
@@ -274,16 +326,18 @@ export class VmManager {
       // lease is that host's business, and says nothing about this one.
       const where = this.running.get(vm);
       if (where !== undefined && where !== host) continue;
-      const st = this.leases.state(vm, now);
+      const st = this.leaseStateOf(vm, now);
       const holder = this.leaseHolders.get(vm);
       if (st === 'unknown' && (holder === undefined || holder === host)) unjudged = true;
-      if (holder === host && this.renewals.state(vm, now) === 'alive') alive = true;
+      if (holder === host && (this.renewals.state(vm, now) === 'alive' || (st === 'alive' && this.hostLeaseKey(vm) !== null))) alive = true;
     }
+    // Its VM daemon renewing a host VM lease anywhere: the host itself lives (only its agent is silent).
+    for (const [key] of this.hostVmRecords) if (key.startsWith(`${host}@`) && this.hostVm.state(key, now) === 'alive') alive = true;
     return { alive, unjudged };
   }
 
   leaseState(vm: string, now: number): Liveness {
-    return this.leases.state(vm, now);
+    return this.leaseStateOf(vm, now);
   }
 
   maintenance(): HostId[] {
@@ -601,7 +655,7 @@ export class VmManager {
           this.reply(req, false, `${vm} is already being started on ${t.pending.host}`);
           return this.out;
         }
-        const lease = this.leases.state(vm, now);
+        const lease = this.leaseStateOf(vm, now);
         if (lease === 'alive') {
           this.reply(req, false, `${vm}'s lease is held and alive: it runs somewhere this master does not see`);
           return this.out;
@@ -698,7 +752,7 @@ export class VmManager {
         }
       }
       if (now < t.nextAt) continue;
-      const lease = this.leases.state(vm, now);
+      const lease = this.leaseStateOf(vm, now);
       if (lease === 'alive' || lease === 'unknown') {
         this.waiting(t, vm, lease === 'alive' ? 'its lease is still renewed elsewhere' : 'watching its lease (not yet judged)');
         if (lease === 'unknown') judging = Math.min(judging, PRIORITY_RANK[spec.priority]);

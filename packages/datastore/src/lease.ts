@@ -68,6 +68,8 @@ export interface LeaseFileOptions {
   recordName?: string;
   host: string;
   timeoutMs: number;
+  /** VM leases: the holder's host VM lease generation, written into every record (see records.ts). */
+  hostLease?: number;
   /** Called if proper-lockfile ever reports the lock compromised (never throws). */
   onCompromised?: (err: Error) => void;
 }
@@ -98,6 +100,10 @@ export class LeaseFile {
     this.lockPath = join(opts.dir, `${opts.name}.lock`);
     this.recordPath = join(opts.dir, opts.recordName ?? opts.name);
     this.claimsDir = join(opts.dir, `${opts.name}.claims`);
+  }
+
+  private extra(): { hostLease?: number } {
+    return this.opts.hostLease !== undefined ? { hostLease: this.opts.hostLease } : {};
   }
 
   get held(): Holding | null {
@@ -240,7 +246,7 @@ export class LeaseFile {
       ),
     );
     const holding: Holding = { generation, token, counter: 0 };
-    await writeFileAtomic(this.recordPath, formatLeaseRecord({ host: this.opts.host, generation, counter: 0, token, state: 'held' }), this.opts.timeoutMs);
+    await writeFileAtomic(this.recordPath, formatLeaseRecord({ host: this.opts.host, generation, counter: 0, token, state: 'held', ...this.extra() }), this.opts.timeoutMs);
     this.holding = holding;
     return { ...holding };
   }
@@ -279,7 +285,7 @@ export class LeaseFile {
     const counter = h.counter + 1;
     await writeFileAtomic(
       this.recordPath,
-      formatLeaseRecord({ host: this.opts.host, generation: h.generation, counter, token: h.token, state: 'held' }),
+      formatLeaseRecord({ host: this.opts.host, generation: h.generation, counter, token: h.token, state: 'held', ...this.extra() }),
       this.opts.timeoutMs,
     );
     h.counter = counter;
@@ -300,7 +306,7 @@ export class LeaseFile {
     if (superseded) return;
     await writeFileAtomic(
       this.recordPath,
-      formatLeaseRecord({ host: this.opts.host, generation: h.generation, counter: h.counter + 1, token: h.token, state: 'released' }),
+      formatLeaseRecord({ host: this.opts.host, generation: h.generation, counter: h.counter + 1, token: h.token, state: 'released', ...this.extra() }),
       this.opts.timeoutMs,
     ).catch(() => {});
     await this.t('unlock', () => rmdir(this.lockPath)).catch(() => {});

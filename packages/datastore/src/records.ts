@@ -13,6 +13,12 @@ export interface LeaseRecord {
   /** Random id of this holding (distinguishes a restarted holder with the same generation). */
   token: string;
   state: 'held' | 'released';
+  /**
+   * VM leases only: the generation of the holder's host VM lease (`host-N-vm`) on the same
+   * datastore under which this VM lease is held. A VM lease is not renewed itself: it lives as
+   * long as that host lease is renewed with this generation (sanlock's design).
+   */
+  hostLease?: number;
 }
 
 export type Parsed<T> = { ok: true; value: T } | { ok: false; error: string };
@@ -22,7 +28,9 @@ const TOKEN_RE = /^[0-9a-f]{8,64}$/;
 const MAX_RECORD_BYTES = 4096;
 
 export function formatLeaseRecord(r: LeaseRecord): string {
-  return JSON.stringify({ host: r.host, generation: r.generation, counter: r.counter, token: r.token, state: r.state }) + '\n';
+  const o: Record<string, unknown> = { host: r.host, generation: r.generation, counter: r.counter, token: r.token, state: r.state };
+  if (r.hostLease !== undefined) o.hostLease = r.hostLease;
+  return JSON.stringify(o) + '\n';
 }
 
 function isCount(v: unknown): v is number {
@@ -41,13 +49,16 @@ export function parseLeaseRecord(text: string): Parsed<LeaseRecord> {
   if (!v || typeof v !== 'object' || Array.isArray(v)) return { ok: false, error: 'not a JSON object' };
   const o = v as Record<string, unknown>;
   const keys = Object.keys(o).sort().join(',');
-  if (keys !== 'counter,generation,host,state,token') return { ok: false, error: `unexpected fields (${keys})` };
+  if (keys !== 'counter,generation,host,state,token' && keys !== 'counter,generation,host,hostLease,state,token') return { ok: false, error: `unexpected fields (${keys})` };
+  if (o.hostLease !== undefined && (!isCount(o.hostLease) || o.hostLease < 1)) return { ok: false, error: 'bad hostLease' };
   if (typeof o.host !== 'string' || !HOST_RE.test(o.host)) return { ok: false, error: 'bad host' };
   if (!isCount(o.generation) || o.generation < 1) return { ok: false, error: 'bad generation' };
   if (!isCount(o.counter)) return { ok: false, error: 'bad counter' };
   if (typeof o.token !== 'string' || !TOKEN_RE.test(o.token)) return { ok: false, error: 'bad token' };
   if (o.state !== 'held' && o.state !== 'released') return { ok: false, error: 'bad state' };
-  return { ok: true, value: { host: o.host, generation: o.generation, counter: o.counter, token: o.token, state: o.state } };
+  const value: LeaseRecord = { host: o.host, generation: o.generation, counter: o.counter, token: o.token, state: o.state };
+  if (o.hostLease !== undefined) value.hostLease = o.hostLease as number;
+  return { ok: true, value };
 }
 
 /** `host-N-poweron`: first line the isolation bit (0 or 1), then one VM id per line. */

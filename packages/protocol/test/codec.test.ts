@@ -93,7 +93,7 @@ describe('size budget', () => {
     { type: 'masterHeartbeat', datastores: 10000, maintenance: false, generation: Number.MAX_SAFE_INTEGER },
     { type: 'slaveHeartbeat', datastores: 10000, master: maxHost, memoryMB: 2 ** 31, cpus: 1_000_000 },
     { type: 'abdicate', to: maxHost },
-    { type: 'powerOn', vm: maxVm, req: Number.MAX_SAFE_INTEGER, takeover: `${maxHost}:999999999999999:${'f'.repeat(64)}:999999999999999:999999999999999` },
+    { type: 'powerOn', vm: maxVm, req: Number.MAX_SAFE_INTEGER, takeover: `${maxHost}:999999999999999:${'f'.repeat(64)}:999999999999999:999999999999999/999999999999999:${'f'.repeat(64)}:999999999999999` },
     { type: 'powerOff', vm: maxVm, req: Number.MAX_SAFE_INTEGER, graceful: false, timeoutMs: 24 * 3600 * 1000 },
     { type: 'vmResult', vm: maxVm, req: Number.MAX_SAFE_INTEGER, ok: false, leaseHeld: false, error: clipError('\u{1F4A5}'.repeat(200)) },
     { type: 'vmStopped', vm: maxVm, reason: 'leaseHeld' },

@@ -16,6 +16,9 @@ const takeover = fc.oneof(
   fc.constant(''),
   fc.constant('orphan'),
   fc.tuple(hostId, fc.integer({ min: 1, max: 1e9 }), fc.stringMatching(/^[0-9a-f]{16}$/), fc.nat(), fc.nat()).map(([h, g, t, c, m]) => `${h}:${g}:${t}:${c}:${m}`),
+  fc
+    .tuple(hostId, fc.integer({ min: 1, max: 1e9 }), fc.stringMatching(/^[0-9a-f]{16}$/), fc.nat(), fc.nat(), fc.oneof(fc.constant('-'), fc.tuple(fc.integer({ min: 1, max: 1e9 }), fc.stringMatching(/^[0-9a-f]{16}$/), fc.nat()).map(([g, t, c]) => `${g}:${t}:${c}`)))
+    .map(([h, g, t, c, m, hl]) => `${h}:${g}:${t}:${c}:${m}/${hl}`),
 );
 
 const message: fc.Arbitrary<Message> = fc.oneof(
