@@ -1,7 +1,7 @@
 /**
  * SIGKILL of an agent alone (not a power cut), with real agents and VM processes (SPEC §3.2,
- * §3.6; issue 4): the VMs of that host keep running under their supervisors, which keep renewing
- * the VM leases, so the master classifies the host `agentUnreachable` (never dead) and starts
+ * §3.6; issue 4): the VMs of that host keep running under its VM daemon, which keeps renewing
+ * its host VM lease (and so the VM leases), so the master classifies the host `agentUnreachable` (never dead) and starts
  * none of them elsewhere, for well over the failure detection time plus the lease timeout. The
  * restarted agent re-adopts the very same processes (same pids), reports them, and monitors them
  * again (a re-adopted VM that is then killed is restarted).

@@ -99,7 +99,7 @@ describe('not enough capacity: VMs wait, and start when a host comes back', () =
       const counts = await countCopies(fx.v.dir, fx.v.names);
       for (const n of fx.v.names) expect(counts.get(n), `${n} runs exactly once`).toBe(1);
       tl.mark(`copy watch: ${fx.watch!.samples} samples, never twice; each VM runs once`);
-      expect(strays, 'lab kill powered off every VM supervisor of the host').toEqual([]);
+      expect(strays, 'lab kill powered off the VM daemon and every VM of the host').toEqual([]);
     } finally {
       tl.print();
     }

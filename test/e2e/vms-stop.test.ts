@@ -118,7 +118,7 @@ describe('vm stop: a stopped VM stays stopped through failures and master change
       const counts = await countCopies(fx.v.dir, fx.v.names);
       for (const n of fx.v.names) expect(counts.get(n), `${n} runs exactly once`).toBe(1);
       tl.mark(`all ${fx.v.names.length} VMs run exactly once`);
-      expect(strays, 'lab kill powered off every VM supervisor of the host').toEqual([]);
+      expect(strays, 'lab kill powered off the VM daemon and every VM of the host').toEqual([]);
       const a = await answer;
       tl.mark(`the first vm stop answered after ${a.after} ms: ${a.ok ? 'ok' : 'ERROR'}: ${a.msg}`);
       expect(offInTime, `vm stop powered ${name} off within 5 s`).toBe(true);

@@ -435,6 +435,13 @@ export class VmManager {
     this.hostVms.get(host)?.delete(vm);
     this.dirty = true;
     this.relocate();
+    const where = this.running.get(vm);
+    if (where !== undefined && where !== host && this.isLive(where)) {
+      // A stale report: a host back from a power cut reports the VMs it ran before, which run
+      // elsewhere now. Nothing to restart.
+      this.log('debug', 'vm.stale-stop', `${vm} stopped on ${host} (${reason}), but it runs on ${where}: nothing to do`, { vm, host, runsOn: where, reason });
+      return this.out;
+    }
     const t = this.track(vm);
     if (!this.protectedSet.has(vm) || reason === 'requested' || t.pending?.kind === 'stop' || t.pending?.kind === 'evacuate') return this.out;
     if (reason === 'fenced') {

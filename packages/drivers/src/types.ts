@@ -25,8 +25,8 @@ export type PowerState = 'on' | 'off';
 export interface VmRuntime {
   id: string;
   power: PowerState;
-  /** Pid of the process that keeps the VM's lease (supervisor), if any. */
-  supervisorPid?: number;
+  /** Pid of the process that holds the VM's lease (the host's VM daemon), if known. */
+  daemonPid?: number;
   /** Pid of the VM itself. */
   pid?: number;
 }
@@ -36,13 +36,13 @@ export type StopReason =
   | 'exited'
   /** Killed by a signal nobody in Vigil sent. */
   | 'killed'
-  /** Its lease could not be renewed before the self-fence deadline: killed by its supervisor. */
+  /** Its host's VM lease on the datastore was lost or not renewed before the self-fence deadline: killed by the VM daemon. */
   | 'fenced'
   /** Stopped through the driver (power off / shutdown). */
   | 'requested'
   /** The lease was held elsewhere: never started. */
   | 'leaseHeld'
-  /** Could not be started (bad command, supervisor failure). */
+  /** Could not be started (bad command, VM daemon failure). */
   | 'failed';
 
 export interface DriverEvent {

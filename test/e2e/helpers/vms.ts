@@ -339,9 +339,9 @@ export async function startVmLab(
   return { lab, dir, hosts, master, names };
 }
 
-/** Supervisors (node supervisor-main.js) whose arguments point into `dir` (and serve `host`, if given). */
-async function supervisorsOf(dir: string, host?: string): Promise<number[]> {
-  const r = await run('pgrep', ['-a', '-f', 'supervisor-main\\.js']);
+/** VM daemons (node vmd-main.js <args>) whose state directory is in `dir` (and that serve `host`, if given). */
+async function vmdsOf(dir: string, host?: string): Promise<number[]> {
+  const r = await run('pgrep', ['-a', '-f', 'vmd-main\\.js']);
   if (r.code !== 0) return [];
   const out: number[] = [];
   for (const line of r.stdout.split('\n')) {
@@ -350,8 +350,8 @@ async function supervisorsOf(dir: string, host?: string): Promise<number[]> {
     const encoded = parts[parts.length - 1];
     if (!pid || !encoded) continue;
     try {
-      const args = JSON.parse(Buffer.from(encoded, 'base64url').toString('utf8')) as { stateFile?: string; host?: string };
-      if (typeof args.stateFile === 'string' && args.stateFile.startsWith(dir + '/') && (!host || args.host === host)) out.push(pid);
+      const args = JSON.parse(Buffer.from(encoded, 'base64url').toString('utf8')) as { stateDir?: string; host?: string };
+      if (typeof args.stateDir === 'string' && args.stateDir.startsWith(dir + '/') && (!host || args.host === host)) out.push(pid);
     } catch {
       /* not one of ours */
     }
@@ -360,7 +360,7 @@ async function supervisorsOf(dir: string, host?: string): Promise<number[]> {
 }
 
 /**
- * Stop the lab and delete its directory, then make sure no VM process (and no supervisor) of
+ * Stop the lab and delete its directory, then make sure no VM process (and no VM daemon) of
  * this lab is left. Leftovers are killed and reported as an error.
  */
 export async function teardownVmLab(lab: Lab | undefined, dir: string | undefined): Promise<void> {
@@ -372,8 +372,8 @@ export async function teardownVmLab(lab: Lab | undefined, dir: string | undefine
       `no process of ${dir} left`,
       async () => {
         const procs = await vmProcesses(dir);
-        const sups = await supervisorsOf(dir);
-        left = [...[...procs].map(([n, p]) => `${n}: ${p.join(',')}`), ...sups.map((p) => `supervisor ${p}`)];
+        const vmds = await vmdsOf(dir);
+        left = [...[...procs].map(([n, p]) => `${n}: ${p.join(',')}`), ...vmds.map((p) => `VM daemon ${p}`)];
         return left.length === 0 ? true : undefined;
       },
       { timeoutMs: 5000, intervalMs: 100 },
@@ -387,7 +387,7 @@ export async function teardownVmLab(lab: Lab | undefined, dir: string | undefine
         /* gone */
       }
     }
-    for (const pid of await supervisorsOf(dir)) {
+    for (const pid of await vmdsOf(dir)) {
       try {
         process.kill(pid, 'SIGKILL');
       } catch {
@@ -464,20 +464,20 @@ export async function holdFor(what: string, ms: number, check: () => Promise<str
 }
 
 /**
- * A power cut of `host` (Lab.kill), made complete: Lab.kill finds the VM supervisors through
- * their state files, so a supervisor the agent spawned a moment before (no state file yet)
- * survives it and goes on to start its VM on a host that is supposed to be off. Such strays are
- * killed here (with their VM) and returned, so the caller can report them.
+ * A power cut of `host` (Lab.kill), checked: Lab.kill SIGKILLs the agent, its VM daemon and its
+ * VMs (everything carrying the host's lab marker). A VM daemon of the host still there afterwards
+ * would keep VMs running on a host that is supposed to be off: such strays are killed here (their
+ * VMs die with them) and returned, so the caller can report them.
  */
 export async function powerCut(lab: Lab, dir: string, ...hosts: string[]): Promise<string[]> {
   for (const host of hosts) await lab.kill(host); // one after the other: Lab.kill rewrites lab.json
   const strays: string[] = [];
-  // SIGKILL takes a moment to land; a supervisor still there 100 ms later escaped the cut. Two
+  // SIGKILL takes a moment to land; a VM daemon still there 100 ms later escaped the cut. Two
   // scans, as one may have been between fork and exec when the agent died.
   for (let scan = 0; scan < 2; scan++) {
     await tick(100);
-    for (const host of hosts) for (const pid of await supervisorsOf(dir, host)) {
-      strays.push(`supervisor pid ${pid} of ${host} survived lab.kill(${host})`);
+    for (const host of hosts) for (const pid of await vmdsOf(dir, host)) {
+      strays.push(`VM daemon pid ${pid} of ${host} survived lab.kill(${host})`);
       try {
         process.kill(-pid, 'SIGKILL');
       } catch {

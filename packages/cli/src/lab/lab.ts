@@ -5,7 +5,6 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
@@ -138,8 +137,8 @@ export class Lab {
     const out = openSync(this.paths.log(host), 'a');
     const argv = [process.execPath, VIGIL_BIN, 'agent', '--config', this.paths.config, '--host', host, '--state-dir', this.paths.hostDir(host), '--socket', this.paths.socket(host)];
     const [cmd, ...args] = [...(opts.prefix ?? []), ...argv];
-    // Every process of this lab host (agent, VM supervisors, VMs) inherits this marker, so a
-    // power cut can find them all, even a supervisor started a moment ago.
+    // Every process of this lab host (agent, its VM daemon, VMs) inherits this marker, so a
+    // power cut can find them all, even a VM daemon or VM started a moment ago.
     const env = { ...process.env, ...(opts.env ?? {}), VIGIL_LAB_HOST: this.hostMarker(host) };
     const child = spawn(cmd!, args, { detached: true, stdio: ['ignore', out, out], env });
     closeSync(out);
@@ -177,55 +176,63 @@ export class Lab {
     return pids;
   }
 
-  /** Process groups of the VM supervisors a lab host's agent started (they outlive the agent). */
-  private vmGroups(host: string): number[] {
-    const dir = join(this.paths.hostDir(host), 'vms');
-    if (!existsSync(dir)) return [];
-    const pids: number[] = [];
-    for (const n of readdirSync(dir)) {
-      if (!n.endsWith('.json')) continue;
-      try {
-        const st = JSON.parse(readFileSync(join(dir, n), 'utf8')) as { supervisorPid?: unknown };
-        if (typeof st.supervisorPid === 'number' && this.alive(st.supervisorPid)) pids.push(st.supervisorPid);
-      } catch {
-        /* being rewritten: skip */
-      }
+  /**
+   * SIGKILL, all at once, every process carrying the marker of one of `hosts` (a host's VM daemon
+   * and VMs, and its agent if still there), and again until none is left: a process forked
+   * meanwhile (a VM being started, a VM daemon an agent was restarting) inherits the marker.
+   * Returns whether anything was found.
+   */
+  private async killMarked(hosts: string[], timeoutMs = 3000): Promise<boolean> {
+    let found = false;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const pids = hosts.flatMap((h) => this.markedProcesses(h));
+      if (pids.length === 0) return found;
+      found = true;
+      for (const p of pids) this.signalGroup(p, 'SIGKILL');
+      if (Date.now() > deadline) return found;
+      await new Promise((r) => setTimeout(r, 10));
     }
-    return pids;
   }
 
-  /** Power cut: the agent and every VM of the host (their supervisors' groups) die at once. */
+  /**
+   * Power cut: the agent, its VM daemon and every VM of the host die at once. The agent goes
+   * first, so it cannot start a new VM daemon; then everything carrying the host's marker (the
+   * VMs would also die with their daemon: pdeathsig).
+   */
   async kill(host: string): Promise<boolean> {
     const s = await this.requireState();
     if (!s.hosts.includes(host)) throw new Error(`unknown lab host ${host} (hosts: ${s.hosts.join(', ')})`);
     const pid = s.pids[host];
-    const groups = [...(pid && this.alive(pid) ? [pid] : []), ...this.vmGroups(host)];
-    for (const g of groups) this.signalGroup(g, 'SIGKILL');
-    // And anything else of this host (a supervisor spawned a moment ago, before its state file).
-    const stragglers = this.markedProcesses(host);
-    for (const p of stragglers) this.signalGroup(p, 'SIGKILL');
-    const killed = groups.length + stragglers.length > 0;
+    const agent = !!pid && this.alive(pid);
+    if (agent) this.signalGroup(pid, 'SIGKILL');
+    const others = await this.killMarked([host]);
     delete s.pids[host];
     await rm(this.paths.pidFile(host), { force: true });
     await this.writeState(s);
-    return killed;
+    return agent || others;
   }
 
-  /** Stop every agent (SIGTERM, then SIGKILL after `graceMs`). Optionally delete the lab directory. */
+  /**
+   * Stop every agent (SIGTERM, then SIGKILL after `graceMs`) and kill every VM daemon and VM of
+   * the lab; no process of it is left behind. Optionally delete the lab directory.
+   */
   async down(opts: { purge?: boolean; graceMs?: number } = {}): Promise<string[]> {
     const s = await this.readState();
     const stopped: string[] = [];
     if (s) {
       const pids = Object.entries(s.pids).filter(([, pid]) => this.alive(pid));
       for (const [, pid] of pids) this.signalGroup(pid, 'SIGTERM');
-      // VMs are not stopped by an agent's SIGTERM (they outlive it): power them off too.
-      for (const h of s.hosts) for (const g of [...this.vmGroups(h), ...this.markedProcesses(h)]) this.signalGroup(g, 'SIGKILL');
+      // VMs are not stopped by an agent's SIGTERM (they outlive it, under their VM daemon): power them off too.
+      for (const h of s.hosts) for (const g of this.markedProcesses(h)) this.signalGroup(g, 'SIGKILL');
       const deadline = Date.now() + (opts.graceMs ?? 5000);
       while (pids.some(([, pid]) => this.alive(pid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
       for (const [host, pid] of pids) {
         this.signalGroup(pid, 'SIGKILL');
         stopped.push(host);
       }
+      // Agents are gone now: a VM daemon one of them started meanwhile is the last thing to kill.
+      await this.killMarked(s.hosts);
       s.pids = {};
       await this.writeState(s).catch(() => {});
     }
