@@ -4,7 +4,7 @@
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { HostCore, type CoreAction, type CoreEvent, type HostId, type HostView, type Message, type Role } from '@vigil/core';
+import { HostCore, type IsolationResponse, type CoreAction, type CoreEvent, type HostId, type HostView, type Message, type Role } from '@vigil/core';
 import { canonicalAddress, heartbeatDatastoresFor, type ClusterConfig } from '@vigil/config';
 import {
   chooseIncarnation,
@@ -25,6 +25,7 @@ import { StorageRuntime } from './storage.js';
 import { VmRuntime } from './vm-runtime.js';
 import { RpcServer, rpcCall } from './rpc.js';
 import { pingFor } from './ping.js';
+import { defaultGateways } from './gateway.js';
 
 export interface AgentOptions {
   config: ClusterConfig;
@@ -80,6 +81,8 @@ export class Agent {
   private masterScanning = false;
   private inventoryReported = false;
   private pingWarned = false;
+  /** Where this host checks for isolation: configured per host or cluster, else its default gateway. */
+  private readonly isolationAddresses: string[];
   private readonly addressToHost = new Map<string, HostId>();
   private transport: Transport | null;
   private control: ControlServer | null = null;
@@ -104,6 +107,7 @@ export class Agent {
     if (!me) throw new Error(`host ${this.host} is not in the cluster config (hosts: ${Object.keys(this.config.hosts).join(', ')})`);
     this.key = deriveKey(opts.secret, this.config.cluster);
     for (const [id, h] of Object.entries(this.config.hosts)) this.addressToHost.set(`${h.address}|${h.port}`, id);
+    this.isolationAddresses = [...(me.isolationAddresses ?? this.config.isolationAddresses ?? defaultGateways())];
     this.core = this.makeCore(0, { memoryMB: 0, cpus: 0 });
     this.storage = new StorageRuntime({ config: this.config, host: this.host, logger: this.logger, clock: this.clock, feed: (ev) => this.feed(ev) });
     const mounted = Object.fromEntries(me.datastores.map((d) => [d, this.config.datastores[d]!]));
@@ -125,7 +129,15 @@ export class Agent {
     await this.writeState({ incarnation, generation: this.generation });
     this.persistedIncarnation = incarnation;
     this.sequence = new SendSequence(incarnation);
-    this.vm = new VmRuntime({ config: this.config, host: this.host, stateDir: this.opts.stateDir, logger: this.logger, clock: this.clock, feed: (ev) => this.feed(ev) });
+    this.vm = new VmRuntime({
+      config: this.config,
+      host: this.host,
+      stateDir: this.opts.stateDir,
+      logger: this.logger,
+      clock: this.clock,
+      feed: (ev) => this.feed(ev),
+      accessible: () => this.core.status().datastores,
+    });
     // The core must not reuse an older generation after a restart.
     this.core = this.makeCore(this.generation, this.vm.capacity());
 
@@ -145,6 +157,8 @@ export class Agent {
       profile: this.config.profile,
       datastores: me.datastores,
       heartbeatDatastores: heartbeatDatastoresFor(this.config, this.host),
+      isolationAddresses: this.isolationAddresses,
+      isolationResponse: this.config.isolationResponse,
       socket: this.opts.socketPath,
       pid: process.pid,
     });
@@ -462,6 +476,9 @@ export class Agent {
       case 'ping':
         void this.ping(a.host, a.address, a.timeoutMs);
         return;
+      case 'pingIsolation':
+        void this.pingIsolation(a.timeoutMs);
+        return;
       case 'send':
         this.send(a.to, a.msg);
         return;
@@ -496,6 +513,16 @@ export class Agent {
     this.feed({ type: 'pingResult', now: this.clock.now(), host, replied });
   }
 
+  /** Ping every isolation address at once; any reply counts (SPEC §3.4). */
+  private async pingIsolation(timeoutMs: number): Promise<void> {
+    const results = await Promise.all(this.isolationAddresses.map((a) => pingFor(a, timeoutMs)));
+    if (results.includes('unavailable') && !this.pingWarned) {
+      this.pingWarned = true;
+      this.logger.log('error', 'ping.unavailable', 'the ping command is missing (install iputils-ping): isolation addresses cannot be checked', {});
+    }
+    this.feed({ type: 'isolationPingResult', now: this.clock.now(), replied: results.includes('replied') });
+  }
+
   private makeCore(generation: number, capacity: { memoryMB: number; cpus: number }): HostCore {
     return new HostCore({
       self: this.host,
@@ -507,6 +534,8 @@ export class Agent {
       capacity,
       maxConcurrentPerHost: this.config.restart.maxConcurrentPerHost,
       maxAttempts: this.config.restart.maxAttempts,
+      isolationResponse: this.config.isolationResponse as IsolationResponse,
+      hasIsolationAddresses: this.isolationAddresses.length > 0,
     });
   }
 

@@ -4,9 +4,9 @@
  */
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isVmId, type CatalogVm, type CoreAction, type CoreEvent, type HostId } from '@vigil/core';
+import { isVmId, type IsolationResponse, type CatalogVm, type CoreAction, type CoreEvent, type HostId } from '@vigil/core';
 import type { ClusterConfig } from '@vigil/config';
-import { describeError, vmLease, withTimeout, writeFileAtomic } from '@vigil/datastore';
+import { describeError, poweredoffDir, vmLease, withTimeout, writeFileAtomic, writePoweredOff } from '@vigil/datastore';
 import { ProcessDriver, validateProcessVm, VM_NAME_RE, RESTART_PRIORITIES, type Driver, type RestartPriority } from '@vigil/drivers';
 import type { Logger } from './logger.js';
 import type { Clock } from './clock.js';
@@ -18,6 +18,8 @@ export interface VmRuntimeOptions {
   logger: Logger;
   clock: Clock;
   feed: (ev: CoreEvent) => void;
+  /** The datastores this host can read and write now (last probe). */
+  accessible: () => string[];
 }
 
 /** Where VM config files live on a datastore: `<datastore>/vms/<name>.json`, id `ds:vms/<name>.json`. */
@@ -28,6 +30,9 @@ export class VmRuntime {
   private readonly config: ClusterConfig;
   private readonly badFiles = new Map<string, string>();
   private lastLocal = '';
+  /** Each local VM's own isolation response (null: the cluster's), read from its config. */
+  private readonly responses = new Map<string, IsolationResponse | null>();
+  private readonly loadingResponses = new Set<string>();
 
   constructor(private readonly opts: VmRuntimeOptions) {
     this.config = opts.config;
@@ -62,10 +67,34 @@ export class VmRuntime {
   /** Tell the core which VMs run here (on change, or always when `force`). */
   reportLocal(force = false): void {
     const vms = this.driver.list().map((v) => v.id);
-    const key = vms.join('\n');
+    const responses: Record<string, IsolationResponse> = {};
+    for (const vm of vms) {
+      const r = this.responses.get(vm);
+      if (r) responses[vm] = r;
+      else if (r === undefined) this.loadResponse(vm);
+    }
+    const key = vms.map((v) => `${v}=${responses[v] ?? ''}`).join('\n');
     if (!force && key === this.lastLocal) return;
     this.lastLocal = key;
-    this.opts.feed({ type: 'localVms', now: this.opts.clock.now(), vms });
+    this.opts.feed({ type: 'localVms', now: this.opts.clock.now(), vms, responses });
+  }
+
+  /** Read a running VM's config for its isolation response (adopted VMs), then report again. */
+  private loadResponse(vm: string): void {
+    const path = this.pathOf(vm);
+    if (!path || this.loadingResponses.has(vm)) return;
+    this.loadingResponses.add(vm);
+    withTimeout(`read ${vm}`, this.config.timing.storageCallTimeoutMs, () => this.driver.loadSpec(vm, path)).then(
+      (spec) => {
+        this.loadingResponses.delete(vm);
+        this.responses.set(vm, spec.isolationResponse ?? null);
+        this.reportLocal();
+      },
+      () => {
+        // Unreadable now: the cluster's response applies until a later read succeeds.
+        this.loadingResponses.delete(vm);
+      },
+    );
   }
 
   capacity(): { memoryMB: number; cpus: number } {
@@ -90,6 +119,10 @@ export class VmRuntime {
       void this.powerOff(a.vm, a.req, a.replyTo, a.graceful, a.timeoutMs);
       return true;
     }
+    if (a.type === 'isolationStop') {
+      void this.isolationStop(a.vm, a.graceful, a.timeoutMs);
+      return true;
+    }
     return false;
   }
 
@@ -103,6 +136,7 @@ export class VmRuntime {
     if (!path) return this.result(vm, req, replyTo, false, false, `datastore of ${vm} is not mounted on ${this.opts.host}`);
     try {
       const spec = await this.driver.loadSpec(vm, path);
+      this.responses.set(vm, spec.isolationResponse ?? null);
       await this.driver.powerOn(spec, takeover);
       this.opts.logger.log('info', 'vm.powered-on', `${vm} powered on here (lease acquired)`, { vm });
       this.result(vm, req, replyTo, true, false, '');
@@ -121,6 +155,35 @@ export class VmRuntime {
     } catch (err) {
       this.result(vm, req, replyTo, false, false, (err as Error).message);
     }
+  }
+
+  /**
+   * The isolation response for one VM (SPEC §3.4): `poweredoff/<vm>` on its datastore first, so
+   * that the master knows to restart it, then the stop; the driver's stop event drops it from
+   * the poweron file. If the file cannot be written the VM is left running unless its datastore
+   * is gone from this host (then it cannot keep its lease anyway, and the master's view of the
+   * lease decides).
+   */
+  private async isolationStop(vm: string, graceful: boolean, timeoutMs: number): Promise<void> {
+    const ds = vm.slice(0, vm.indexOf(':'));
+    const base = this.config.datastores[ds];
+    const how = graceful ? `shutdown (forced off after ${timeoutMs} ms)` : 'power off';
+    try {
+      if (!base) throw new Error(`unknown datastore ${ds}`);
+      await writePoweredOff(poweredoffDir(base, this.config.cluster), { vm, host: this.opts.host }, this.config.timing.storageCallTimeoutMs);
+    } catch (err) {
+      const lost = !this.opts.accessible().includes(ds);
+      this.opts.logger.log('error', 'isolation.poweredoff-failed', `could not write poweredoff/ for ${vm}: ${describeError(err)}; ${lost ? `${ds} is lost: stopping it anyway` : 'leaving it running'}`, { vm, datastore: ds, lost });
+      if (!lost) return;
+    }
+    try {
+      if (graceful) await this.driver.shutdown(vm, timeoutMs);
+      else await this.driver.powerOff(vm);
+      this.opts.logger.log('warn', 'isolation.stopped', `${vm} stopped by the isolation response (${how}); the master restarts it elsewhere`, { vm, graceful });
+    } catch (err) {
+      this.opts.logger.log('error', 'isolation.stop-failed', `isolation response ${how} of ${vm} failed: ${describeError(err)}`, { vm });
+    }
+    this.reportLocal();
   }
 
   // ---- master: catalog and leases -----------------------------------------------------------------

@@ -118,6 +118,27 @@ export class Election {
     return this.out;
   }
 
+  /** The isolation monitor declared this host isolated: stop being master or slave. */
+  isolate(now: number, why: string): CoreAction[] {
+    this.now = now;
+    this.out = [];
+    if (this.role === 'isolated' || this.role === 'uninitialized') return this.out;
+    const was = this.role;
+    this.role = 'isolated';
+    this.master = null;
+    this.log('warn', 'isolation.declared', `this host is isolated: ${why}`, { reason: why, was });
+    this.emitRole();
+    return this.out;
+  }
+
+  /** Isolation ended (agent traffic or a ping reply): rejoin through an election. */
+  endIsolation(now: number, why: string): CoreAction[] {
+    this.now = now;
+    this.out = [];
+    if (this.role === 'isolated') this.startElection(`isolation ended: ${why}`);
+    return this.out;
+  }
+
   step(ev: CoreEvent): CoreAction[] {
     this.now = ev.now;
     this.out = [];

@@ -6,6 +6,7 @@
 import type { HostId } from './ids.js';
 import type { Message, VmStopReason } from './messages.js';
 import type { CatalogVm, VmCommand } from './vms.js';
+import type { IsolationResponse } from './isolation.js';
 
 export type Role = 'uninitialized' | 'election' | 'master' | 'slave' | 'isolated';
 
@@ -33,8 +34,13 @@ export type CoreEvent =
   | { type: 'heartbeatSample'; now: number; host: HostId; datastore: string; record: LeaseRecordView | null; error?: string }
   /** The protectedlist of a datastore was written: `vms` is what is on disk now (error: the write failed). */
   | { type: 'protectedlistWritten'; now: number; datastore: string; vms: string[]; error?: string }
-  /** This host's driver: the VMs running here now (every host). */
-  | { type: 'localVms'; now: number; vms: string[] }
+  /**
+   * This host's driver: the VMs running here now (every host). `responses`: each VM's own
+   * isolation response, where its config sets one (others use the cluster's).
+   */
+  | { type: 'localVms'; now: number; vms: string[]; responses?: Record<string, IsolationResponse> }
+  /** Outcome of a pingIsolation action: did any isolation address answer within the timeout. */
+  | { type: 'isolationPingResult'; now: number; replied: boolean }
   /** This host's driver: a VM stopped here (reason as the driver tells it). */
   | { type: 'localVmStopped'; now: number; vm: string; reason: VmStopReason; detail: string }
   /** This host's driver finished a localPowerOn / localPowerOff. */
@@ -105,6 +111,14 @@ export type CoreAction =
   | { type: 'removePoweredOff'; vm: string }
   /** The master persists its restart state on a datastore it owns. */
   | { type: 'writeRestartQueue'; datastore: string; entries: { vm: string; attempts: number; failed: boolean }[] }
+  /** Ping every isolation address for up to `timeoutMs`, then report an isolationPingResult. */
+  | { type: 'pingIsolation'; timeoutMs: number }
+  /**
+   * Isolation response for one VM: write `poweredoff/<vm>` on its datastore first, then stop it
+   * (graceful: shutdown, forced off after timeoutMs; else power off). The driver's stop event
+   * then drops it from the poweron file.
+   */
+  | { type: 'isolationStop'; vm: string; graceful: boolean; timeoutMs: number }
   /** Ping `address` for up to `timeoutMs`, then report a pingResult. */
   | { type: 'ping'; host: HostId; address: string; timeoutMs: number }
   /** This host's poweron content (isolation bit, powered-on VMs): the runtime keeps every heartbeat datastore's copy equal to it. */

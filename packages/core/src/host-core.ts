@@ -15,6 +15,7 @@ import { StorageView } from './storage-view.js';
 import { FailureDetector } from './failure.js';
 import { VmManager, type HostPlacementInfo, type VmView } from './vms.js';
 import type { HostView } from './hostview.js';
+import { IsolationMonitor, type IsolationOutput, type IsolationResponse } from './isolation.js';
 
 export interface HostCoreHost {
   address: string;
@@ -33,6 +34,10 @@ export interface HostCoreOptions {
   capacity?: { memoryMB: number; cpus: number };
   maxConcurrentPerHost?: number;
   maxAttempts?: number;
+  /** The cluster's isolation response (per-VM settings override it). Default leavePoweredOn. */
+  isolationResponse?: IsolationResponse;
+  /** Whether this host has isolation addresses to ping. Default true. */
+  hasIsolationAddresses?: boolean;
 }
 
 export class HostCore {
@@ -46,6 +51,13 @@ export class HostCore {
   private readonly storage: StorageView;
   private readonly failure: FailureDetector;
   private readonly vms: VmManager;
+  private readonly isolation: IsolationMonitor;
+  private readonly isolationResponse: IsolationResponse;
+  private vmResponses: Record<string, IsolationResponse> = {};
+  /** VMs the isolation response was applied to (or decided for) during this isolation. */
+  private readonly responded = new Set<string>();
+  private readonly responseWaitLogged = new Set<string>();
+  private accessible = new Set<string>();
   private role: Role = 'uninitialized';
   private master: HostId | null = null;
   private localVms: string[] = [];
@@ -76,6 +88,8 @@ export class HostCore {
       maxConcurrentPerHost: opts.maxConcurrentPerHost ?? 32,
       maxAttempts: opts.maxAttempts ?? 5,
     });
+    this.isolationResponse = opts.isolationResponse ?? 'leavePoweredOn';
+    this.isolation = new IsolationMonitor({ clusterSize: this.hostIds.length, hasAddresses: opts.hasIsolationAddresses ?? true, timing: opts.timing });
   }
 
   step(ev: CoreEvent): CoreAction[] {
@@ -159,8 +173,12 @@ export class HostCore {
         out.push(...this.translate(this.vms.command(ev.req, { ...ev.cmd, vm: id }, ev.now, this.placementInfo())));
         break;
       }
+      case 'isolationPingResult':
+        out.push(...this.isolationOutputs(this.isolation.pingResult(ev.now, ev.replied)));
+        break;
       case 'localVms':
         this.localVms = [...ev.vms].sort();
+        if (ev.responses) this.vmResponses = { ...ev.responses };
         if (master) this.vms.setHostVms(this.self, this.localVms);
         break;
       case 'localVmStopped':
@@ -175,9 +193,11 @@ export class HostCore {
         }
         break;
       case 'message':
+        out.push(...this.isolationOutputs(this.isolation.heard(ev.now, ev.from)));
         out.push(...this.onMessage(ev.from, ev.msg));
         break;
       case 'datastores':
+        this.accessible = new Set(ev.accessible);
         this.ownership.setAccessible(ev.accessible);
         out.push(...this.election.step(ev));
         break;
@@ -186,6 +206,8 @@ export class HostCore {
         if (ev.type === 'tick') {
           out.push(...this.ownership.step(ev));
           if (this.role === 'master') out.push(...this.masterTick());
+          out.push(...this.isolationOutputs(this.isolation.tick(ev.now, this.role)));
+          if (this.role === 'isolated') out.push(...this.isolationResponses());
         }
     }
     // The master itself entered maintenance: once its VMs are gone, hand the role over.
@@ -300,8 +322,10 @@ export class HostCore {
     for (const a of [...out]) {
       if (a.type !== 'role') continue;
       const wasMaster = this.role === 'master';
+      if (this.role === a.role && this.master === a.master) continue; // already followed
       this.role = a.role;
       this.master = a.master;
+      this.isolation.role(a.role, ev.now);
       if (a.role === 'master' && !wasMaster) {
         out.push(...this.ownership.setWanted(true, ev.now, 'became master'));
         this.vms.setHostVms(this.self, this.localVms);
@@ -315,6 +339,58 @@ export class HostCore {
         this.failure.reset();
       }
     }
+  }
+
+  /** Turn the isolation monitor's outputs into role changes and actions. */
+  private isolationOutputs(outs: IsolationOutput[]): CoreAction[] {
+    const out: CoreAction[] = [];
+    for (const o of outs) {
+      if (o.type === 'pingIsolation') out.push(o);
+      else if (o.type === 'log') out.push(o);
+      else if (o.type === 'isolate') out.push(...this.election.isolate(this.now, o.reason));
+      else {
+        this.responded.clear();
+        this.responseWaitLogged.clear();
+        out.push(...this.election.endIsolation(this.now, o.reason));
+      }
+    }
+    // Role changes must be seen by followRoles even when they come from here.
+    this.followRoles(out, { type: 'tick', now: this.now });
+    return out;
+  }
+
+  /**
+   * The isolation response, once isolationResponseDelayMs has passed: for each VM running here
+   * whose response is not leavePoweredOn, stop it (poweredoff/ file first) only if a master
+   * visibly owns its datastore, or this host lost that datastore; otherwise wait.
+   */
+  private isolationResponses(): CoreAction[] {
+    if (!this.isolation.responseDue(this.now)) return [];
+    const out: CoreAction[] = [];
+    for (const vm of this.localVms) {
+      if (this.responded.has(vm)) continue;
+      const response = this.vmResponses[vm] ?? this.isolationResponse;
+      if (response === 'leavePoweredOn') {
+        this.responded.add(vm);
+        out.push({ type: 'log', level: 'info', event: 'isolation.response', message: `isolation response for ${vm}: leavePoweredOn (it keeps running)`, fields: { vm, response } });
+        continue;
+      }
+      const ds = vmDatastore(vm);
+      const owner = this.ownership.visibleOwner(ds, this.now);
+      const lost = !this.accessible.has(ds);
+      if (!owner && !lost) {
+        if (!this.responseWaitLogged.has(vm)) {
+          this.responseWaitLogged.add(vm);
+          out.push({ type: 'log', level: 'warn', event: 'isolation.response-waiting', message: `isolation response ${response} for ${vm} waits: no master visibly owns ${ds} (nobody could restart it) and ${ds} is still accessible`, fields: { vm, response, datastore: ds } });
+        }
+        continue;
+      }
+      this.responded.add(vm);
+      const why = owner ? `master ${owner} owns ${ds}` : `this host lost ${ds}`;
+      out.push({ type: 'log', level: 'warn', event: 'isolation.response', message: `isolation response for ${vm}: ${response} (${why})`, fields: { vm, response, datastore: ds, owner, datastoreLost: lost } });
+      out.push({ type: 'isolationStop', vm, graceful: response === 'shutdown', timeoutMs: this.timing.isolationShutdownTimeoutMs });
+    }
+    return out;
   }
 
   /** The poweron content this host should have on disk. */

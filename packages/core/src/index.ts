@@ -11,3 +11,4 @@ export * from './ownership.js';
 export * from './storage-view.js';
 export * from './failure.js';
 export * from './vms.js';
+export * from './isolation.js';

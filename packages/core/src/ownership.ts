@@ -43,6 +43,16 @@ export class Ownership {
     return [...this.ds].filter(([, s]) => s.kind === 'held').map(([d]) => d).sort();
   }
 
+  /**
+   * The master that visibly owns a datastore: another host whose protectedlist lease on it this
+   * host sees renewed (alive by change). The isolation response's safety gate.
+   */
+  visibleOwner(datastore: string, now: number): HostId | null {
+    const r = this.lastRecord.get(datastore);
+    if (!r || r.state !== 'held' || r.host === this.opts.self) return null;
+    return this.tracker.state(datastore, now) === 'alive' ? r.host : null;
+  }
+
   /** Protected VMs: what is committed on disk in the protectedlists this host holds. */
   protectedVms(): Map<string, string[]> {
     const m = new Map<string, string[]>();

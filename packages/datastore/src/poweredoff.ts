@@ -21,7 +21,13 @@ export function formatPoweredOff(e: PoweredOffEntry): string {
 
 export async function writePoweredOff(dir: string, e: PoweredOffEntry, timeoutMs: number): Promise<void> {
   if (!isVmId(e.vm)) throw new Error(`not a VM id: ${JSON.stringify(e.vm)}`);
-  await withTimeout(`mkdir ${dir}`, timeoutMs, () => mkdir(dir, { recursive: true }));
+  // Never recursive: on a datastore that is gone (something mounted over it), this must fail
+  // rather than build a fresh tree there.
+  await withTimeout(`mkdir ${dir}`, timeoutMs, () =>
+    mkdir(dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err;
+    }),
+  );
   await writeFileAtomic(join(dir, vmFileName(e.vm)), formatPoweredOff(e), timeoutMs);
 }
 
