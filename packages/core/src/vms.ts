@@ -530,6 +530,7 @@ export class VmManager {
       }
       if (cmd) {
         cmd.stage = 'committing';
+        cmd.since = now;
         const write = this.setProtection(vm, true);
         this.out.push(...write);
         if (write.length === 0) {
@@ -599,14 +600,23 @@ export class VmManager {
     }
   }
 
-  commitFailed(datastore: string, error: string): CoreAction[] {
+  /**
+   * A write of the protectedlist failed (a slow or failing datastore). Ownership rewrites it at
+   * the next tick, so the commands waiting for it keep waiting; those that have waited longer
+   * than powerOnTimeoutMs fail with the error.
+   */
+  commitFailed(datastore: string, error: string, now: number): CoreAction[] {
     this.out = [];
-    for (const c of [...this.commands.values()]) {
-      if (c.stage !== 'committing' || vmDatastore(c.cmd.vm) !== datastore) continue;
-      this.commands.delete(c.req);
-      this.reply(c.req, false, `could not commit the protectedlist of ${datastore}: ${error}`);
-    }
+    this.expireCommits(now, (c) => vmDatastore(c.cmd.vm) === datastore, `could not commit the protectedlist of ${datastore}: ${error}`);
     return this.out;
+  }
+
+  private expireCommits(now: number, which: (c: PendingCommand) => boolean, why: string): void {
+    for (const c of [...this.commands.values()]) {
+      if (c.stage !== 'committing' || !which(c) || now - c.since < this.powerOnTimeoutMs) continue;
+      this.commands.delete(c.req);
+      this.reply(c.req, false, why);
+    }
   }
 
   /** A CLI command reaching the master. Replies come as `reply` actions. */
@@ -703,6 +713,7 @@ export class VmManager {
 
   tick(now: number, hosts: Map<HostId, HostPlacementInfo>): CoreAction[] {
     this.out = [];
+    this.expireCommits(now, () => true, `the protectedlist change was not on disk within ${this.powerOnTimeoutMs} ms`);
     // Expire lost requests: the lease and the poweron files will tell what happened.
     for (const [vm, t] of this.tracks) {
       const limit = t.pending && (t.pending.kind === 'stop' || t.pending.kind === 'evacuate') ? this.stopTimeoutMs + this.powerOnTimeoutMs : this.powerOnTimeoutMs;
