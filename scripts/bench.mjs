@@ -2,7 +2,8 @@
 // `npm run bench`: failover figures with real agents, real UDP, real files and real process VMs
 // on loopback. Prints the figures and the command to reproduce them; docs/performance.md keeps
 // the results. Options: --quick (fast profile, 4 x 40 only), --runs N (power cuts per case),
-// --no-large (skip the 16 hosts x 800 VMs cases).
+// --no-large (skip the 16 hosts x 800 VMs cases), --writes (storage writes per host instead:
+// scripts/bench-writes.mjs).
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -10,6 +11,11 @@ import { Lab, labVmTag } from '@vigil/cli';
 import { controlRequest } from '@vigil/agent';
 
 const args = process.argv.slice(2);
+if (args.includes('--writes')) {
+  // Storage writes per host for 1, 100, 1000 VMs: a separate measurement (scripts/bench-writes.mjs).
+  await import('./bench-writes.mjs');
+  await new Promise(() => {}); // bench-writes exits by itself
+}
 const quick = args.includes('--quick');
 const large = !args.includes('--no-large') && !quick;
 const runsArg = args.indexOf('--runs');
