@@ -107,7 +107,12 @@ async function main() {
   const cases = [
     { profile: 'fast', hosts: 4, count: 40, masterCut: false },
     { profile: 'fast', hosts: 4, count: 40, masterCut: true },
-    ...(large ? [{ profile: 'fast', hosts: 16, count: 800, masterCut: false }] : []),
+    ...(large
+      ? [
+          { profile: 'fast', hosts: 16, count: 800, masterCut: false },
+          { profile: 'fast', hosts: 16, count: 800, masterCut: true },
+        ]
+      : []),
     ...(quick
       ? []
       : [
