@@ -4,3 +4,4 @@ export * from './clock.js';
 export * from './transport.js';
 export * from './control-server.js';
 export * from './rpc.js';
+export { VmRuntime, VM_DIR, type VmRuntimeOptions } from './vm-runtime.js';

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { isVmId, type IsolationResponse, type CatalogVm, type CoreAction, type CoreEvent, type HostId } from '@vigil/core';
 import type { ClusterConfig } from '@vigil/config';
 import { describeError, poweredoffDir, vmLease, withTimeout, writeFileAtomic, writePoweredOff } from '@vigil/datastore';
-import { ProcessDriver, validateProcessVm, VM_NAME_RE, RESTART_PRIORITIES, type Driver, type RestartPriority } from '@vigil/drivers';
+import { checkLibvirt, LibvirtDriver, ProcessDriver, validateLibvirtVm, validateProcessVm, VM_NAME_RE, RESTART_PRIORITIES, type Driver, type RestartPriority } from '@vigil/drivers';
 import type { Logger } from './logger.js';
 import type { Clock } from './clock.js';
 
@@ -22,7 +22,10 @@ export interface VmRuntimeOptions {
   accessible: () => string[];
 }
 
-/** Where VM config files live on a datastore: `<datastore>/vms/<name>.json`, id `ds:vms/<name>.json`. */
+/**
+ * Where VM config files live on a datastore: `<datastore>/vms/<name>.json`, id `ds:vms/<name>.json`
+ * (a libvirt VM's JSON names its domain XML, beside it: docs/libvirt.md).
+ */
 export const VM_DIR = 'vms';
 
 export class VmRuntime {
@@ -37,10 +40,7 @@ export class VmRuntime {
   constructor(private readonly opts: VmRuntimeOptions) {
     this.config = opts.config;
     const me = this.config.hosts[opts.host]!;
-    if (this.config.driver.type !== 'process') {
-      throw new Error(`driver ${this.config.driver.type} is not available in this version (only "process")`);
-    }
-    this.driver = new ProcessDriver({
+    const common = {
       host: opts.host,
       cluster: this.config.cluster,
       datastores: Object.fromEntries(me.datastores.map((d) => [d, this.config.datastores[d]!])),
@@ -48,7 +48,16 @@ export class VmRuntime {
       timing: this.config.timing,
       ...(me.capacity ? { capacity: me.capacity } : {}),
       shutdownTimeoutMs: this.config.timing.isolationShutdownTimeoutMs,
-    });
+    };
+    const drv = this.config.driver;
+    if (drv.type === 'libvirt') {
+      // Refuse to start rather than accept VMs this host cannot run.
+      const problem = checkLibvirt(drv.uri);
+      if (problem) throw new Error(`driver libvirt: ${problem}`);
+      this.driver = new LibvirtDriver({ ...common, uri: drv.uri });
+    } else {
+      this.driver = new ProcessDriver(common);
+    }
   }
 
   start(): void {
@@ -246,6 +255,9 @@ export class VmRuntime {
 
   /** `vigil vm create`: write `<ds>/vms/<name>.json` (never overwrites). */
   async create(req: Record<string, unknown>): Promise<string> {
+    if (this.config.driver.type !== 'process') {
+      throw new Error(`vigil vm create makes process VMs; with the ${this.config.driver.type} driver, put the VM's domain XML and its JSON file in <datastore>/vms/ (see docs/libvirt.md)`);
+    }
     const ds = String(req.datastore ?? '');
     const base = this.config.datastores[ds];
     if (!base) throw new Error(`unknown datastore "${ds}" (datastores: ${Object.keys(this.config.datastores).join(', ')})`);
@@ -279,7 +291,8 @@ export class VmRuntime {
     if (!(RESTART_PRIORITIES as readonly string[]).includes(priority)) throw new Error(`priority must be one of ${RESTART_PRIORITIES.join(', ')}`);
     const path = this.pathOf(vm);
     if (!path) throw new Error(`the datastore of ${vm} is not mounted on ${this.opts.host}`);
-    const cfg = validateProcessVm(JSON.parse(await readFile(path, 'utf8')), path);
+    const raw: unknown = JSON.parse(await readFile(path, 'utf8'));
+    const cfg = this.config.driver.type === 'libvirt' ? validateLibvirtVm(raw, path) : validateProcessVm(raw, path);
     cfg.restartPriority = priority as RestartPriority;
     await writeFileAtomic(path, JSON.stringify(cfg, null, 2) + '\n', this.config.timing.storageCallTimeoutMs);
   }

@@ -5,3 +5,8 @@ export * from './process/driver.js';
 export * from './process/vmd-protocol.js';
 export * from './process/vmd-client.js';
 export type { VmdArgs } from './process/vmd.js';
+export * from './libvirt/domain-xml.js';
+export * from './libvirt/spec.js';
+export * from './libvirt/driver.js';
+export { checkLibvirt, findDomainProcesses, isDomainProcess, parseEventLine, virsh, VirshError, type DomainEvent } from './libvirt/virsh.js';
+export { domainName, domainPrefix } from './libvirt/backend.js';

@@ -1,6 +1,6 @@
 /**
  * The hypervisor driver interface (SPEC §4.3): the agent never calls a hypervisor directly.
- * A libvirt driver implements the same interface as the process driver.
+ * The libvirt driver (libvirt/driver.ts) implements it with the same VM daemon as the process driver.
  */
 export type RestartPriority = 'disabled' | 'lowest' | 'low' | 'medium' | 'high' | 'highest';
 export const RESTART_PRIORITIES: readonly RestartPriority[] = ['disabled', 'lowest', 'low', 'medium', 'high', 'highest'];
@@ -27,8 +27,10 @@ export interface VmRuntime {
   power: PowerState;
   /** Pid of the process that holds the VM's lease (the host's VM daemon), if known. */
   daemonPid?: number;
-  /** Pid of the VM itself. */
+  /** Pid of the VM itself (libvirt: its QEMU process). */
   pid?: number;
+  /** libvirt: the domain's name on this host. */
+  domain?: string;
 }
 
 export type StopReason =

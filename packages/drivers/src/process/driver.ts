@@ -21,7 +21,7 @@ import { hostCapacity } from '../capacity.js';
 import type { Driver, DriverEvent, HostCapacity, StopReason, VmRuntime, VmSpec } from '../types.js';
 import { readProcessVm, specOf } from './spec.js';
 import { codedError, VmdConnection, type VmdReply, type VmdRequestBody } from './vmd-client.js';
-import { isVmProcess, readVmdVms, vmdLogFile, type VmdEvent, type VmdVm } from './vmd-protocol.js';
+import { isVmdEntryAlive, readVmdVms, vmdLogFile, type VmdBackend, type VmdEvent, type VmdVm } from './vmd-protocol.js';
 import type { VmdArgs } from './vmd.js';
 
 const VMD_MAIN = fileURLToPath(new URL('./vmd-main.js', import.meta.url));
@@ -37,6 +37,8 @@ export interface ProcessDriverOptions {
   capacity?: { memoryMB: number; cpus: number };
   /** Default graceful-stop timeout. */
   shutdownTimeoutMs: number;
+  /** What the VM daemon runs VMs with (default: process). LibvirtDriver sets it. */
+  backend?: VmdBackend;
 }
 
 /** How long an operation waits for a connection to the daemon (it is being started). */
@@ -47,10 +49,11 @@ const RESPAWN_AFTER_MS = 3000;
 const STOP_REASONS: readonly StopReason[] = ['exited', 'killed', 'fenced', 'requested', 'leaseHeld', 'failed'];
 
 export class ProcessDriver implements Driver {
-  readonly type = 'process';
+  readonly type: string = 'process';
   private readonly stateDir: string;
+  private readonly backend: VmdBackend;
   /** The daemon's VMs as this client knows them. */
-  private readonly vms = new Map<string, { pid: number; startedAt: string }>();
+  private readonly vms = new Map<string, { pid: number; startedAt: string; domain?: string }>();
   private handler: ((ev: DriverEvent) => void) | null = null;
   private readonly pending: DriverEvent[] = [];
   private conn: VmdConnection | null = null;
@@ -69,10 +72,11 @@ export class ProcessDriver implements Driver {
 
   constructor(private readonly opts: ProcessDriverOptions) {
     this.stateDir = resolve(opts.stateDir);
+    this.backend = opts.backend ?? { type: 'process' };
     mkdirSync(this.stateDir, { recursive: true, mode: 0o700 });
     const listed = readVmdVms(this.stateDir);
     // What ran when the daemon last wrote its list, and still does (before the daemon's own reply).
-    for (const v of listed) if (v.running && isVmProcess(v.pid, v.vm)) this.vms.set(v.vm, { pid: v.pid, startedAt: v.startedAt });
+    for (const v of listed) if (v.running && isVmdEntryAlive(v)) this.vms.set(v.vm, { pid: v.pid, startedAt: v.startedAt, ...(v.domain ? { domain: v.domain } : {}) });
     this.connect(listed.length > 0);
   }
 
@@ -128,6 +132,7 @@ export class ProcessDriver implements Driver {
         storageCallTimeoutMs: this.opts.timing.storageCallTimeoutMs,
       },
       shutdownTimeoutMs: this.opts.shutdownTimeoutMs,
+      ...(this.backend.type === 'process' ? {} : { backend: this.backend }),
     };
     let log: number;
     try {
@@ -157,9 +162,11 @@ export class ProcessDriver implements Driver {
     this.lastSpawn = -Infinity; // it came up: if it dies, start the next one at once
     this.daemonPid = c.hello.pid;
     this.mismatch =
-      c.hello.host === this.opts.host && c.hello.cluster === this.opts.cluster
-        ? null
-        : `the VM daemon of ${this.stateDir} (pid ${c.hello.pid}) serves ${c.hello.host} of cluster ${c.hello.cluster}, not ${this.opts.host} of ${this.opts.cluster}`;
+      c.hello.host !== this.opts.host || c.hello.cluster !== this.opts.cluster
+        ? `the VM daemon of ${this.stateDir} (pid ${c.hello.pid}) serves ${c.hello.host} of cluster ${c.hello.cluster}, not ${this.opts.host} of ${this.opts.cluster}`
+        : c.hello.backend !== this.backend.type
+          ? `the VM daemon of ${this.stateDir} (pid ${c.hello.pid}) runs ${c.hello.backend} VMs, not ${this.backend.type} VMs (the driver was changed while it ran VMs: power them off, or stop the daemon, first)`
+          : null;
     void c.request({ op: 'list' }, 10_000, (r) => this.applyList(r)).catch(() => {});
     for (const w of [...this.waiters]) w();
   }
@@ -220,7 +227,7 @@ export class ProcessDriver implements Driver {
     if (typeof ev.vm !== 'string') return;
     if (ev.event === 'started') {
       if (!Number.isSafeInteger(ev.pid)) return;
-      this.vms.set(ev.vm, { pid: ev.pid, startedAt: String(ev.startedAt) });
+      this.vms.set(ev.vm, { pid: ev.pid, startedAt: String(ev.startedAt), ...(typeof ev.domain === 'string' ? { domain: ev.domain } : {}) });
       this.reportedDead.delete(ev.vm);
       return;
     }
@@ -242,7 +249,7 @@ export class ProcessDriver implements Driver {
       this.vms.delete(vm);
       this.emit({ type: 'stopped', vm, reason: 'killed', detail: `the VM daemon (pid ${this.daemonPid}) does not run it (any more)` });
     }
-    for (const v of list) this.vms.set(v.vm, { pid: v.pid, startedAt: String(v.startedAt) });
+    for (const v of list) this.vms.set(v.vm, { pid: v.pid, startedAt: String(v.startedAt), ...(typeof v.domain === 'string' ? { domain: v.domain } : {}) });
     // The events that came before this reply included the new daemon's reports of its predecessor's VMs.
     this.reportedDead.clear();
   }
@@ -265,7 +272,7 @@ export class ProcessDriver implements Driver {
     try {
       // The daemon answers once the VM runs (at once if it already runs there: never a second copy).
       await this.call({ op: 'powerOn', vm: spec.id, specPath: resolve(spec.path), datastore: spec.datastore, datastorePath: resolve(dsPath), takeover }, 20 * t + 10_000, (r) => {
-        this.vms.set(spec.id, { pid: Number(r.pid), startedAt: String(r.startedAt) });
+        this.vms.set(spec.id, { pid: Number(r.pid), startedAt: String(r.startedAt), ...(typeof r.domain === 'string' ? { domain: r.domain } : {}) });
         this.reportedDead.delete(spec.id);
       });
     } catch (err) {
@@ -284,7 +291,7 @@ export class ProcessDriver implements Driver {
 
   list(): VmRuntime[] {
     return [...this.vms.entries()]
-      .map(([id, v]) => ({ id, power: 'on' as const, pid: v.pid, ...(this.daemonPid ? { daemonPid: this.daemonPid } : {}) }))
+      .map(([id, v]) => ({ id, power: 'on' as const, pid: v.pid, ...(this.daemonPid ? { daemonPid: this.daemonPid } : {}), ...(v.domain ? { domain: v.domain } : {}) }))
       .sort((a, b) => (a.id < b.id ? -1 : 1));
   }
 

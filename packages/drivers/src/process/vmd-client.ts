@@ -16,6 +16,8 @@ export interface VmdHello {
   pid: number;
   host: string;
   cluster: string;
+  /** 'process' or 'libvirt'. */
+  backend: string;
 }
 
 export interface VmdConnectionHandlers {
@@ -44,7 +46,7 @@ export class VmdConnection {
   private readonly inflight = new Map<number, Inflight>();
   private nextId = 1;
   private ended = false;
-  hello: VmdHello = { pid: 0, host: '', cluster: '' };
+  hello: VmdHello = { pid: 0, host: '', cluster: '', backend: 'process' };
 
   private constructor(
     private readonly sock: Socket,
@@ -80,7 +82,7 @@ export class VmdConnection {
     try {
       const token = readFileSync(vmdTokenFile(stateDir), 'utf8').trim();
       const r = await c.request({ op: 'hello', token }, HELLO_TIMEOUT_MS);
-      c.hello = { pid: Number(r.pid), host: String(r.host), cluster: String(r.cluster) };
+      c.hello = { pid: Number(r.pid), host: String(r.host), cluster: String(r.cluster), backend: typeof r.backend === 'string' ? r.backend : 'process' };
     } catch (err) {
       c.close();
       throw err;

@@ -17,6 +17,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { StopReason } from '../types.js';
+import { isDomainProcess } from '../libvirt/virsh.js';
 
 /**
  * The abstract unix socket of the VM daemon of `stateDir` (`\0vigil-vmd-<24 hex>`). Binding it is
@@ -25,13 +26,22 @@ import type { StopReason } from '../types.js';
  * Abstract names are per network namespace.
  */
 export function vmdSocketName(stateDir: string): string {
-  return `\0vigil-vmd-${createHash('sha256').update(resolve(stateDir)).digest('hex').slice(0, 24)}`;
+  return `\0vigil-vmd-${vmdId(stateDir)}`;
 }
 
+/** The identity of the VM daemon of `stateDir` (24 hex of sha256 of the path): its socket name, and the `daemon` of its libvirt domains' metadata. */
+export function vmdId(stateDir: string): string {
+  return createHash('sha256').update(resolve(stateDir)).digest('hex').slice(0, 24);
+}
+
+/** What runs the VMs of a VM daemon. */
+export type VmdBackend = { type: 'process' } | { type: 'libvirt'; uri: string };
+
 /**
- * `<stateDir>/vmd-vms.json`: the VM processes of the daemon, `[{vm, pid, startedAt, running}]`,
+ * `<stateDir>/vmd-vms.json`: the VM processes of the daemon, `[{vm, pid, startedAt, running, domain?}]`,
  * rewritten on change. A VM is listed from its spawn (so that a successor can kill it), and
- * `running` once it was reported running.
+ * `running` once it was reported running. A libvirt VM has its `domain` name, and is listed from
+ * just before the domain is created (`pid` 0 until QEMU's pid is known).
  */
 export function vmdVmsFile(stateDir: string): string {
   return join(stateDir, 'vmd-vms.json');
@@ -64,7 +74,7 @@ export type VmdErrorCode =
   | 'EBUSY';
 
 export type VmdRequest =
-  /** First request of a connection: the token of vmd.token. Reply: {pid, host, cluster}; queued events follow it. */
+  /** First request of a connection: the token of vmd.token. Reply: {pid, host, cluster, backend}; queued events follow it. */
   | { id: number; op: 'hello'; token: string }
   | { id: number; op: 'list' }
   | {
@@ -85,9 +95,12 @@ export type VmdRequest =
 
 export interface VmdVm {
   vm: string;
+  /** The VM's process (libvirt: its QEMU process; 0 if not known). */
   pid: number;
   /** Wall-clock start, for display only. */
   startedAt: string;
+  /** libvirt backend: the domain's name on this host. */
+  domain?: string;
 }
 
 /** Reply to `list` (besides id and ok). */
@@ -95,12 +108,14 @@ export interface VmdListReply {
   pid: number;
   host: string;
   cluster: string;
+  /** 'process' or 'libvirt' (absent from daemons older than the libvirt backend: process). */
+  backend?: string;
   vms: VmdVm[];
 }
 
 export type VmdEvent =
   | { event: 'stopped'; vm: string; reason: StopReason; detail: string }
-  | { event: 'started'; vm: string; pid: number; startedAt: string };
+  | { event: 'started'; vm: string; pid: number; startedAt: string; domain?: string };
 
 /**
  * Splits a stream (decoded as UTF-8) into lines. A line longer than `max` characters is dropped
@@ -171,6 +186,11 @@ export function isVmProcess(pid: number, vm: string): boolean {
   return false;
 }
 
+/** True if the VM of a vmd-vms.json entry still runs here (its process, or its domain's QEMU process). */
+export function isVmdEntryAlive(v: { vm: string; pid: number; domain?: string | undefined }): boolean {
+  return v.domain ? isDomainProcess(v.pid, v.domain) : isVmProcess(v.pid, v.vm);
+}
+
 /** An entry of vmd-vms.json. */
 export interface VmdVmsEntry extends VmdVm {
   running: boolean;
@@ -187,6 +207,12 @@ export function readVmdVms(stateDir: string): VmdVmsEntry[] {
   if (!Array.isArray(v)) return [];
   return v.filter(
     (x): x is VmdVmsEntry =>
-      !!x && typeof x === 'object' && typeof (x as VmdVm).vm === 'string' && Number.isSafeInteger((x as VmdVm).pid) && typeof (x as VmdVm).startedAt === 'string' && typeof (x as VmdVmsEntry).running === 'boolean',
+      !!x &&
+      typeof x === 'object' &&
+      typeof (x as VmdVm).vm === 'string' &&
+      Number.isSafeInteger((x as VmdVm).pid) &&
+      typeof (x as VmdVm).startedAt === 'string' &&
+      typeof (x as VmdVmsEntry).running === 'boolean' &&
+      ((x as VmdVm).domain === undefined || typeof (x as VmdVm).domain === 'string'),
   );
 }

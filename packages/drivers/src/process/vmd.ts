@@ -14,6 +14,12 @@
  *   - VMs run under `setpriv --pdeathsig SIGKILL` (when available): if the daemon dies, the holder
  *     of their leases is gone, and so are they, at once.
  *
+ * Two backends run the VMs themselves (VmdArgs.backend): `process` (a VM is a command, spawned
+ * here) and `libvirt` (a VM is a libvirt domain, created through virsh with --autodestroy on a
+ * connection this daemon holds, so that libvirtd destroys it when this daemon dies; watched
+ * through `virsh event`; see ../libvirt/backend.ts). Leases, self-fencing and the protocol are
+ * the same for both.
+ *
  * It outlives the agent (the driver starts it detached, in its own session), so an agent crash or
  * upgrade does not stop VMs; a restarted agent's driver connects to it again. Only one daemon
  * runs per state directory: it binds the abstract socket vmdSocketName(stateDir), and a second
@@ -34,7 +40,11 @@ import { isVmId, parseTakeover } from '@vigil/core';
 import { describeError, hostVmLease, LeaseError, LeaseKeeper, vmFileName, vmLease, withTimeout, type KeeperEvent, type LeaseFile } from '@vigil/datastore';
 import type { StopReason } from '../types.js';
 import { readProcessVm, type ProcessVmConfig } from './spec.js';
-import { isVmProcess, LineReader, MAX_LINE_CHARS, readVmdVms, vmdSocketName, vmdTokenFile, vmdVmsFile, type VmdErrorCode, type VmdEvent, type VmdRequest, type VmdVm } from './vmd-protocol.js';
+import { isVmProcess, LineReader, MAX_LINE_CHARS, readVmdVms, vmdId, vmdSocketName, vmdTokenFile, vmdVmsFile, type VmdBackend, type VmdErrorCode, type VmdEvent, type VmdRequest, type VmdVm } from './vmd-protocol.js';
+import { domainName, domainPrefix, LibvirtBackend } from '../libvirt/backend.js';
+import { prepareDomainXml } from '../libvirt/domain-xml.js';
+import { readLibvirtVm, type LibvirtVm } from '../libvirt/spec.js';
+import { findDomainProcesses, isDomainProcess, type DomainEvent } from '../libvirt/virsh.js';
 
 export { vmdSocketName } from './vmd-protocol.js';
 
@@ -48,7 +58,12 @@ export interface VmdArgs {
   timing: { storageHeartbeatIntervalMs: number; selfFenceDeadlineMs: number; storageCallTimeoutMs: number };
   /** Default graceful-stop timeout. */
   shutdownTimeoutMs: number;
+  /** What runs the VMs (default: process). */
+  backend?: VmdBackend;
 }
+
+/** libvirt backend: a stop found by polling waits this long for libvirt's event, which says why. */
+const POLL_GRACE_MS = 3000;
 
 /** Stop events kept while no client is connected (the oldest are dropped beyond this). */
 export const MAX_QUEUED_EVENTS = 10_000;
@@ -91,6 +106,15 @@ interface VmEntry {
   gone: Deferred;
   lease: LeaseFile | null;
   child: ChildProcess | null;
+  /** libvirt backend: the domain's name (set before it is created). */
+  domain: string | null;
+  /** libvirt backend: id of the shell connection the domain lives by (null: not tied to this daemon any more). */
+  guard: number | null;
+  /** libvirt backend: the domain stopped while its power-on was still under way. */
+  earlyStop: { reason: StopReason; detail: string } | null;
+  /** libvirt backend: the last guest watchdog action seen (for the stop's detail). */
+  watchdog: string | null;
+  /** The VM's pid (libvirt backend: QEMU's; 0 if not known). */
   pid: number;
   startedAt: string;
   /** Stopped through the daemon: how (the last request wins: a power off overrides a shutdown). */
@@ -120,6 +144,23 @@ function findExecutable(command: string, pathEnv: string | undefined): string | 
   return null;
 }
 
+function killQuietly(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    /* gone */
+  }
+}
+
+async function until(f: () => boolean, ms: number): Promise<boolean> {
+  const end = performance.now() + ms;
+  while (!f()) {
+    if (performance.now() > end) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return true;
+}
+
 /** `setpriv` if it is on PATH and supports --pdeathsig, else null. */
 function findSetpriv(): string | null {
   const p = findExecutable('setpriv', process.env.PATH);
@@ -144,6 +185,19 @@ export class Vmd {
   private token = '';
   private setpriv: string | null = null;
   private exiting = false;
+  /** libvirt backend (null: process backend). */
+  private libvirt: LibvirtBackend | null = null;
+  /** Domains by name (libvirt backend). */
+  private readonly byDomain = new Map<string, VmEntry>();
+  /** Domains named in the previous daemon's vmd-vms.json, to be destroyed by the libvirt sweep. */
+  private readonly orphanDomains = new Map<string, string>();
+  /** Settles when the libvirt sweep of an earlier life is done; power-ons wait for it. */
+  private ready: Promise<void> = Promise.resolve();
+  private readyDone = true;
+  private readyProblem = '';
+  private polling = false;
+  /** Domains whose start failed without a sure destroy: destroyed if a poll finds them running. */
+  private readonly suspects = new Map<string, string>();
 
   constructor(private readonly a: VmdArgs) {
     for (const [ds, p] of Object.entries(a.datastores)) this.datastores.set(ds, resolve(p));
@@ -182,7 +236,19 @@ export class Vmd {
     this.setpriv = findSetpriv();
     if (!this.setpriv) this.log('warn', 'vmd.no-pdeathsig', 'setpriv with --pdeathsig is not available: VMs will not die with the VM daemon (a restarted daemon kills them)');
     this.keeper.start();
-    this.log('info', 'vmd.started', `VM daemon of ${this.a.host} started`, { stateDir: this.a.stateDir, setpriv: this.setpriv });
+    const b = this.a.backend;
+    if (b?.type === 'libvirt') {
+      this.libvirt = new LibvirtBackend(b.uri, this.a.stateDir, this.setpriv, {
+        log: (level, event, message, fields) => this.log(level, event, message, fields),
+        onEvent: (ev) => this.onDomainEvent(ev),
+        onPoll: () => void this.pollDomains(),
+        onShellLost: (id, why) => this.onShellLost(id, why),
+      });
+      this.libvirt.start();
+      this.readyDone = false;
+      this.ready = this.libvirtSweep().finally(() => (this.readyDone = true));
+    }
+    this.log('info', 'vmd.started', `VM daemon of ${this.a.host} started`, { stateDir: this.a.stateDir, setpriv: this.setpriv, backend: b?.type ?? 'process', ...(b?.type === 'libvirt' ? { uri: b.uri } : {}) });
     return true;
   }
 
@@ -201,6 +267,21 @@ export class Vmd {
    */
   private sweepOrphans(): void {
     for (const v of readVmdVms(this.a.stateDir)) {
+      if (v.domain) {
+        // A libvirt VM: its domain normally died with the daemon's connection (autodestroy). If
+        // it did not (libvirtd had restarted under the daemon), kill its QEMU process now, and
+        // have the libvirt sweep clean libvirt's side.
+        const pids = v.pid > 0 && isDomainProcess(v.pid, v.domain) ? [v.pid] : findDomainProcesses(v.domain);
+        for (const p of pids) killQuietly(p);
+        this.orphanDomains.set(v.domain, v.vm);
+        const detail =
+          pids.length > 0
+            ? `the VM daemon of this host had died; its domain ${v.domain} (QEMU pid ${pids.join(', ')}) was still running without its lease holder and was killed`
+            : `the VM daemon of this host had died, and its domain ${v.domain} with it`;
+        this.log('warn', 'vmd.orphan', `${v.vm}: ${detail}`, { vm: v.vm, vmPid: pids[0] ?? 0, domain: v.domain });
+        this.emit({ event: 'stopped', vm: v.vm, reason: 'killed', detail });
+        continue;
+      }
       const alive = isVmProcess(v.pid, v.vm);
       if (alive) {
         try {
@@ -216,6 +297,42 @@ export class Vmd {
       this.emit({ event: 'stopped', vm: v.vm, reason: 'killed', detail });
     }
     this.saveVms();
+  }
+
+  /**
+   * Before this daemon starts any domain: no domain of an earlier life of this host's VM daemon
+   * may run or stay defined. Destroys (and undefines, if persistent) every domain named
+   * `vigil-<host>-*` whose Vigil metadata names this cluster, this host and this daemon (state
+   * directory), and the ones the previous daemon's vmd-vms.json named. Domains of other clusters,
+   * hosts or state directories that share this libvirtd are left alone. Retried until it works:
+   * power-ons wait for it.
+   */
+  private async libvirtSweep(): Promise<void> {
+    const lv = this.libvirt!;
+    const me = vmdId(this.a.stateDir);
+    for (let attempt = 1; !this.exiting; attempt++) {
+      try {
+        const names = (await lv.all()).filter((n) => n.startsWith(domainPrefix(this.a.host)));
+        for (const n of names) {
+          const listed = this.orphanDomains.get(n);
+          const meta = listed ? null : await lv.metadata(n);
+          if (!listed && (!meta || meta.cluster !== this.a.cluster || meta.host !== this.a.host || meta.daemon !== me)) continue;
+          const vm = listed ?? meta!.vm ?? '?';
+          const r = await lv.destroy(n);
+          await lv.undefine(n);
+          const what = r === 'destroyed' ? 'was running without its lease holder: destroyed' : listed ? 'was already stopped: removed from libvirt' : 'was defined, not running: removed';
+          this.log('warn', 'vmd.libvirt-stale', `domain ${n} (${vm}) of an earlier life of this VM daemon ${what}`, { domain: n, vm });
+          if (!listed && r === 'destroyed' && isVmId(vm)) this.emit({ event: 'stopped', vm, reason: 'killed', detail: `its domain ${n} was left running by an earlier life of this host's VM daemon, without its lease holder: destroyed` });
+        }
+        this.orphanDomains.clear();
+        this.readyProblem = '';
+        return;
+      } catch (err) {
+        this.readyProblem = describeError(err);
+        this.log('error', 'vmd.libvirt-sweep-failed', `cannot check libvirt for domains of an earlier life (attempt ${attempt}): ${this.readyProblem}; no domain starts until this works`);
+        await new Promise((r) => setTimeout(r, Math.min(attempt, 5) * 1000));
+      }
+    }
   }
 
   // ---- clients ---------------------------------------------------------------------------------
@@ -278,7 +395,7 @@ export class Vmd {
         return;
       }
       this.clients.set(sock, true);
-      this.send(sock, { id: req.id, ok: true, pid: process.pid, host: this.a.host, cluster: this.a.cluster });
+      this.send(sock, { id: req.id, ok: true, pid: process.pid, host: this.a.host, cluster: this.a.cluster, backend: this.a.backend?.type ?? 'process' });
       // Stops that happened while no client was connected.
       for (const ev of this.queue.splice(0)) this.send(sock, ev);
       return;
@@ -289,7 +406,7 @@ export class Vmd {
     }
     if (req.op === 'list') {
       // Answered at once: the reply is the state between the events before and after it.
-      this.send(sock, { id: req.id, ok: true, pid: process.pid, host: this.a.host, cluster: this.a.cluster, vms: this.listVms() });
+      this.send(sock, { id: req.id, ok: true, pid: process.pid, host: this.a.host, cluster: this.a.cluster, backend: this.a.backend?.type ?? 'process', vms: this.listVms() });
       return;
     }
     this.handle(req).then(
@@ -305,8 +422,9 @@ export class Vmd {
     if (this.exiting) throw new VmdError('the VM daemon is exiting', 'EBUSY');
     switch (req.op) {
       case 'powerOn': {
+        await this.whenReady();
         const e = await this.powerOn(req);
-        return { pid: e.pid, startedAt: e.startedAt };
+        return { pid: e.pid, startedAt: e.startedAt, ...(e.domain ? { domain: e.domain } : {}) };
       }
       case 'powerOff':
         await this.stopVm(req.vm, 'hard', 0);
@@ -319,11 +437,25 @@ export class Vmd {
     }
   }
 
+  /** Power-ons wait (at most 10 s) for the libvirt sweep of an earlier life. */
+  private async whenReady(): Promise<void> {
+    if (this.readyDone) return;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<void>((_res, rej) => {
+      timer = setTimeout(() => rej(new VmdError(`libvirt is not ready: ${this.readyProblem || 'still checking for domains of an earlier life'}`, 'EPOWERON')), 10_000);
+    });
+    try {
+      await Promise.race([this.ready, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   private listVms(): VmdVm[] {
     // Exited ones are still listed until their lease is released and their stop event sent.
     return [...this.vms.values()]
       .filter((e) => e.phase !== 'starting')
-      .map((e) => ({ vm: e.vm, pid: e.pid, startedAt: e.startedAt }))
+      .map((e) => ({ vm: e.vm, pid: e.pid, startedAt: e.startedAt, ...(e.domain ? { domain: e.domain } : {}) }))
       .sort((x, y) => (x.vm < y.vm ? -1 : 1));
   }
 
@@ -336,7 +468,9 @@ export class Vmd {
   private saveVms(): void {
     const file = vmdVmsFile(this.a.stateDir);
     const tmp = `${file}.${process.pid}.tmp`;
-    const list = [...this.vms.values()].filter((e) => e.pid > 0).map((e) => ({ vm: e.vm, pid: e.pid, startedAt: e.startedAt, running: e.phase !== 'starting' }));
+    const list = [...this.vms.values()]
+      .filter((e) => e.pid > 0 || e.domain)
+      .map((e) => ({ vm: e.vm, pid: e.pid, startedAt: e.startedAt, running: e.phase !== 'starting', ...(e.domain ? { domain: e.domain } : {}) }));
     try {
       writeFileSync(tmp, JSON.stringify(list) + '\n');
       renameSync(tmp, file);
@@ -430,6 +564,7 @@ export class Vmd {
     for (const e of victims) {
       e.fenced = why;
       e.child?.kill('SIGKILL');
+      if (e.domain) this.fenceDomain(e);
     }
     for (const e of victims) e.lease?.abandon();
     this.log('error', 'vmd.fenced', `${why}; ${victims.length} VM(s) of ${ds} killed`, { datastore: ds, vms: victims.map((e) => e.vm) });
@@ -457,6 +592,10 @@ export class Vmd {
       gone: deferred(),
       lease: null,
       child: null,
+      domain: null,
+      guard: null,
+      earlyStop: null,
+      watchdog: null,
       pid: 0,
       startedAt: '',
       stop: null,
@@ -465,7 +604,8 @@ export class Vmd {
     };
     this.vms.set(req.vm, e);
     try {
-      await this.startVm(e, req);
+      if (this.libvirt) await this.startDomain(e, req);
+      else await this.startVm(e, req);
       e.started.resolve();
       return e;
     } catch (err) {
@@ -495,21 +635,7 @@ export class Vmd {
     const env: NodeJS.ProcessEnv = { ...process.env, ...config.env, VIGIL_VM: e.vm };
     if (!findExecutable(config.command, env.PATH)) throw new VmdError(`cannot start ${config.command}: not found or not executable`, 'EPOWERON');
 
-    const generation = await this.ensureHostLease(ds, dsPath);
-    if (!this.keeper.valid(ds)) throw new VmdError(`the host VM lease on ${ds} is not renewed in time (storage trouble): not starting ${e.vm}`, 'EPOWERON');
-    const lease = vmLease({ datastorePath: dsPath, cluster: this.a.cluster, vm: e.vm, host: this.a.host, timeoutMs: t, hostLease: generation, onCompromised: () => {} });
-    try {
-      await this.acquireVmLease(lease, req.takeover, dsPath);
-    } catch (err) {
-      const held = err instanceof LeaseError && (err.code === 'ELOCKED' || err.code === 'ECHANGED');
-      throw new VmdError(`VM lease: ${describeError(err)}`, held ? 'ELEASEHELD' : 'EPOWERON');
-    }
-    e.lease = lease;
-    // The host lease may have been lost while we acquired: the VM lease died with it.
-    if (e.fenced || !this.keeper.valid(ds) || this.hostLeases.get(ds)?.generation !== generation) {
-      lease.abandon();
-      throw new VmdError(e.fenced ?? `the host VM lease on ${ds} was lost while acquiring the VM lease`, 'EPOWERON');
-    }
+    const { lease, generation } = await this.takeLeases(e, ds, dsPath, req.takeover);
 
     const [cmd, args] = this.setpriv ? [this.setpriv, ['--pdeathsig', 'SIGKILL', '--', config.command, ...config.args]] : [config.command, config.args];
     let child: ChildProcess;
@@ -552,8 +678,33 @@ export class Vmd {
         this.saveVms();
         void lease.release().finally(() => rej(new VmdError(`cannot start ${config.command}: ${err.message}`, 'EPOWERON')));
       });
-      child.on('exit', (code, signal) => void this.onExit(e, code, signal));
+      child.on('exit', (code, signal) => void this.finish(e, signal ? { reason: 'killed', detail: `killed by ${signal}` } : { reason: 'exited', detail: `exited with code ${code}` }, { code, signal }));
     });
+  }
+
+  /**
+   * The leases a power-on needs, in order: this host's VM lease on the datastore (valid, i.e.
+   * renewed within the self-fence deadline), then the VM's lease under that generation. Sets
+   * `e.lease`. Throws ELEASEHELD when the VM lease is held elsewhere, EPOWERON otherwise.
+   */
+  private async takeLeases(e: VmEntry, ds: string, dsPath: string, takeover: string): Promise<{ lease: LeaseFile; generation: number }> {
+    const t = this.a.timing.storageCallTimeoutMs;
+    const generation = await this.ensureHostLease(ds, dsPath);
+    if (!this.keeper.valid(ds)) throw new VmdError(`the host VM lease on ${ds} is not renewed in time (storage trouble): not starting ${e.vm}`, 'EPOWERON');
+    const lease = vmLease({ datastorePath: dsPath, cluster: this.a.cluster, vm: e.vm, host: this.a.host, timeoutMs: t, hostLease: generation, onCompromised: () => {} });
+    try {
+      await this.acquireVmLease(lease, takeover, dsPath);
+    } catch (err) {
+      const held = err instanceof LeaseError && (err.code === 'ELOCKED' || err.code === 'ECHANGED');
+      throw new VmdError(`VM lease: ${describeError(err)}`, held ? 'ELEASEHELD' : 'EPOWERON');
+    }
+    e.lease = lease;
+    // The host lease may have been lost while we acquired: the VM lease died with it.
+    if (e.fenced || !this.keeper.valid(ds) || this.hostLeases.get(ds)?.generation !== generation) {
+      lease.abandon();
+      throw new VmdError(e.fenced ?? `the host VM lease on ${ds} was lost while acquiring the VM lease`, 'EPOWERON');
+    }
+    return { lease, generation };
   }
 
   /**
@@ -587,7 +738,12 @@ export class Vmd {
     await lease.acquire(own ?? judged);
   }
 
-  private async onExit(e: VmEntry, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
+  /**
+   * The VM is gone (its process exited, or its domain stopped): release its lease (abandon it if
+   * fenced) and report why. `natural`: what happened if nobody in Vigil stopped it.
+   */
+  private async finish(e: VmEntry, natural: { reason: StopReason; detail: string }, fields: Record<string, unknown> = {}): Promise<void> {
+    if (e.phase === 'exited') return;
     const wasRunning = e.phase === 'running';
     e.phase = 'exited';
     let ev: { reason: StopReason; detail: string } | null = null;
@@ -599,15 +755,270 @@ export class Vmd {
       await e.lease?.release().catch(() => {});
       if (e.stop === 'hard') ev = { reason: 'requested', detail: 'hard power off through Vigil' };
       else if (e.stop === 'graceful') ev = { reason: 'requested', detail: e.forced ? 'graceful shutdown through Vigil; forced off after the timeout' : 'graceful shutdown through Vigil' };
-      else if (signal) ev = { reason: 'killed', detail: `killed by ${signal}` };
-      else ev = { reason: 'exited', detail: `exited with code ${code}` };
+      else ev = natural;
     }
     if (this.vms.get(e.vm) === e) this.vms.delete(e.vm);
+    if (e.domain && this.byDomain.get(e.domain) === e) this.byDomain.delete(e.domain);
     this.saveVms();
-    this.log(ev.reason === 'requested' ? 'info' : 'warn', 'vmd.vm-stopped', `${e.vm} stopped: ${ev.reason} (${ev.detail})`, { vm: e.vm, reason: ev.reason, code, signal });
+    this.log(ev.reason === 'requested' ? 'info' : 'warn', 'vmd.vm-stopped', `${e.vm} stopped: ${ev.reason} (${ev.detail})`, { vm: e.vm, reason: ev.reason, ...fields, ...(e.domain ? { domain: e.domain } : {}) });
     // A VM whose power-on never answered ok was never reported running: no stop to report.
     if (wasRunning) this.emit({ event: 'stopped', vm: e.vm, ...ev });
     e.gone.resolve();
+  }
+
+  // ---- libvirt domains ---------------------------------------------------------------------------
+
+  /**
+   * Power a libvirt VM on: read its files, take the host VM lease and the VM lease (exactly as for a
+   * process VM), then create the domain, transient, under this host's name for it and with Vigil's
+   * metadata, with --autodestroy on a connection of this daemon (it dies with the daemon).
+   */
+  private async startDomain(e: VmEntry, req: Extract<ValidRequest, { op: 'powerOn' }>): Promise<void> {
+    const lv = this.libvirt!;
+    const ds = req.datastore;
+    const dsPath = this.datastorePath(ds, req.datastorePath);
+    const t = this.a.timing.storageCallTimeoutMs;
+    let vm: LibvirtVm;
+    try {
+      vm = await withTimeout(`read ${req.specPath}`, t, () => readLibvirtVm(req.specPath), dsPath);
+    } catch (err) {
+      throw new VmdError(describeError(err), 'EPOWERON');
+    }
+    const daemon = vmdId(this.a.stateDir);
+    const name = domainName(this.a.host, this.a.cluster, daemon, e.vm, vm.config.name);
+    let xml: string;
+    try {
+      xml = prepareDomainXml(vm.xml, name, { cluster: this.a.cluster, host: this.a.host, daemon, vm: e.vm });
+    } catch (err) {
+      throw new VmdError(`${vm.xmlPath}: ${describeError(err)}`, 'EPOWERON');
+    }
+
+    const { lease, generation } = await this.takeLeases(e, ds, dsPath, req.takeover);
+    if (this.byDomain.has(name)) {
+      await lease.release().catch(() => {});
+      throw new VmdError(`domain ${name} is still being stopped here: try again`, 'EPOWERON');
+    }
+
+    // Listed before it exists: a successor daemon must find it if this one dies during the create.
+    e.domain = name;
+    this.byDomain.set(name, e);
+    this.saveVms();
+    try {
+      e.guard = await lv.create(name, xml);
+    } catch (err) {
+      return this.abortDomain(e, `cannot create domain ${name}: ${describeError(err)}`);
+    }
+    if (e.fenced) {
+      this.fenceDomain(e);
+      return this.abortDomain(e, e.fenced);
+    }
+    const pids = findDomainProcesses(name);
+    if (e.earlyStop && pids.length === 0) return this.abortDomain(e, `domain ${name} stopped as soon as it started (${e.earlyStop.detail})`);
+    e.earlyStop = null;
+    e.pid = pids[0] ?? 0;
+    e.startedAt = new Date().toISOString();
+    e.phase = 'running';
+    this.saveVms();
+    const wd = vm.domain.watchdogs.map((w) => `${w.model} (${w.action})`).join(', ');
+    this.log('info', 'vmd.vm-started', `${e.vm} started: domain ${name} (QEMU pid ${e.pid || '?'}, lease generation ${lease.held?.generation}, host lease ${generation})${wd ? `; guest watchdog ${wd}` : ''}`, { vm: e.vm, vmPid: e.pid, domain: name });
+    this.emit({ event: 'started', vm: e.vm, pid: e.pid, startedAt: e.startedAt, domain: name });
+  }
+
+  /**
+   * A power-on that failed once the domain may exist: make sure it does not run, then let the VM
+   * lease go (released if the domain is surely gone, else abandoned: it stays held under this
+   * host's lease, so that the VM starts nowhere else while this daemon lives), and throw.
+   */
+  private async abortDomain(e: VmEntry, why: string): Promise<never> {
+    const name = e.domain!;
+    let gone = false;
+    try {
+      await this.libvirt!.destroy(name);
+      gone = true;
+    } catch (err) {
+      const pids = findDomainProcesses(name);
+      for (const p of pids) killQuietly(p);
+      this.log('error', 'vmd.libvirt-abort', `${e.vm}: cannot destroy domain ${name} after a failed start (${describeError(err)}); ${pids.length ? `killed its QEMU process ${pids.join(', ')}` : 'no QEMU process of it found'}; it is watched until seen gone`, { vm: e.vm, domain: name });
+      this.suspects.set(name, e.vm);
+    }
+    e.phase = 'exited';
+    if (this.byDomain.get(name) === e) this.byDomain.delete(name);
+    if (e.fenced || !gone) e.lease?.abandon();
+    else await e.lease?.release().catch(() => {});
+    if (this.vms.get(e.vm) === e) this.vms.delete(e.vm);
+    this.saveVms();
+    throw new VmdError(why, 'EPOWERON');
+  }
+
+  /** Self-fence one domain: SIGKILL its QEMU process at once (libvirtd may be as stuck as the storage), and destroy it through libvirt. */
+  private fenceDomain(e: VmEntry): void {
+    const name = e.domain!;
+    const pids = e.pid > 0 && isDomainProcess(e.pid, name) ? [e.pid] : findDomainProcesses(name);
+    for (const p of pids) killQuietly(p);
+    if (e.phase !== 'running') return; // a start under way: startDomain destroys it when its create returns
+    void this.libvirt!.destroy(name).then(
+      () => this.finish(e, { reason: 'killed', detail: 'destroyed' }),
+      (err: unknown) => this.log('error', 'vmd.libvirt-fence', `${e.vm}: virsh destroy ${name} failed while fencing: ${describeError(err)} (its QEMU process was SIGKILLed)`, { vm: e.vm, domain: name }),
+    );
+    // Gone once QEMU is gone, even if libvirtd does not answer.
+    const t0 = performance.now();
+    const timer = setInterval(() => {
+      if (e.phase !== 'running') return clearInterval(timer);
+      if (!this.domainAlive(e)) {
+        clearInterval(timer);
+        void this.finish(e, { reason: 'killed', detail: 'QEMU gone' });
+      } else if (performance.now() - t0 > 60_000) clearInterval(timer);
+    }, 50);
+  }
+
+  /** Its QEMU process is alive (the local /proc: the URI names this machine's libvirtd). */
+  private domainAlive(e: VmEntry): boolean {
+    return e.pid > 0 ? isDomainProcess(e.pid, e.domain!) : findDomainProcesses(e.domain!).length > 0;
+  }
+
+  /** Stop a domain (hard: destroy; graceful: ACPI shutdown, destroy after timeoutMs). Settles e.gone, or rejects. */
+  private async stopDomain(e: VmEntry, mode: 'hard' | 'graceful', timeoutMs: number): Promise<void> {
+    const lv = this.libvirt!;
+    const name = e.domain!;
+    const destroy = async () => {
+      try {
+        await lv.destroy(name);
+      } catch (err) {
+        // libvirtd refuses or hangs: kill QEMU itself.
+        const pids = e.pid > 0 && isDomainProcess(e.pid, name) ? [e.pid] : findDomainProcesses(name);
+        if (pids.length === 0) throw new VmdError(`cannot destroy domain ${name}: ${describeError(err)}`, 'EPOWERON');
+        for (const p of pids) killQuietly(p);
+        this.log('warn', 'vmd.libvirt-destroy-failed', `virsh destroy ${name} failed (${describeError(err)}): killed its QEMU process ${pids.join(', ')}`, { vm: e.vm, domain: name });
+        await until(() => !this.domainAlive(e), 10_000);
+      }
+      await this.finish(e, { reason: 'killed', detail: 'destroyed' });
+    };
+    if (mode === 'hard') {
+      e.stop = 'hard';
+      return destroy();
+    }
+    e.stop ??= 'graceful';
+    const timer = setTimeout(() => {
+      if (e.phase !== 'running') return;
+      e.forced = true;
+      destroy().catch((err: unknown) => this.log('error', 'vmd.libvirt-stop-failed', `${e.vm}: ${describeError(err)}`, { vm: e.vm, domain: name }));
+    }, timeoutMs);
+    void e.gone.promise.then(() => clearTimeout(timer));
+    try {
+      await lv.shutdown(name);
+    } catch (err) {
+      if (!this.domainAlive(e)) return this.finish(e, { reason: 'exited', detail: 'the domain was already gone' });
+      // An ACPI request refused: the timeout forces it off.
+      this.log('warn', 'vmd.libvirt-shutdown-failed', `${e.vm}: virsh shutdown ${name}: ${describeError(err)}; forced off after ${timeoutMs} ms`, { vm: e.vm, domain: name });
+    }
+  }
+
+  /** A libvirt event. Stops of domains of this daemon end their VMs; resets and watchdog firings are logged, never a stop. */
+  private onDomainEvent(ev: DomainEvent): void {
+    const e = this.byDomain.get(ev.domain);
+    if (!e) return;
+    if (ev.type === 'watchdog') {
+      e.watchdog = ev.detail;
+      this.log('warn', 'vmd.vm-watchdog', `${e.vm}: the guest watchdog of ${ev.domain} fired (action ${ev.detail || '?'})${/reset|none|dump|inject-nmi/.test(ev.detail) ? ': the domain keeps running under its lease, not a crash' : ''}`, { vm: e.vm, domain: ev.domain, action: ev.detail });
+      return;
+    }
+    if (ev.type === 'reboot') {
+      this.log('info', 'vmd.vm-reset', `${e.vm}: domain ${ev.domain} was reset (guest reboot or watchdog); it keeps running under its lease`, { vm: e.vm, domain: ev.domain });
+      return;
+    }
+    if (ev.type !== 'lifecycle') return;
+    const [what, why = ''] = ev.detail.split(' ', 2);
+    if (what === 'Crashed') {
+      this.log('warn', 'vmd.vm-crashed', `${e.vm}: the guest of ${ev.domain} crashed (${ev.detail}); it is reported stopped when the domain stops (on_crash)`, { vm: e.vm, domain: ev.domain });
+      return;
+    }
+    if (what === 'Suspended') {
+      this.log('warn', 'vmd.vm-paused', `${e.vm}: domain ${ev.domain} was paused (${ev.detail}); it keeps its lease`, { vm: e.vm, domain: ev.domain });
+      return;
+    }
+    if (what !== 'Stopped') return;
+    const wd = e.watchdog ? ` after its guest watchdog fired (action ${e.watchdog})` : '';
+    const natural: { reason: StopReason; detail: string } =
+      why === 'Shutdown'
+        ? { reason: 'exited', detail: `the guest shut down${wd}` }
+        : why === 'Crashed'
+          ? { reason: 'exited', detail: 'the guest crashed' }
+          : why === 'Failed'
+            ? { reason: 'killed', detail: `QEMU died (killed or crashed)${wd}` }
+            : why === 'Destroyed'
+              ? { reason: 'killed', detail: `destroyed outside Vigil${wd}` }
+              : { reason: 'killed', detail: `stopped (${ev.detail})${wd}` };
+    this.domainStopped(e, natural);
+  }
+
+  /**
+   * libvirt says the domain stopped. Believed only once its QEMU process is gone: a late event of
+   * an earlier run of the same domain name must never end this one (its lease would be released
+   * while it runs).
+   */
+  private domainStopped(e: VmEntry, natural: { reason: StopReason; detail: string }, tries = 0): void {
+    if (e.phase === 'exited' || this.byDomain.get(e.domain!) !== e) return;
+    if (e.phase === 'starting') {
+      e.earlyStop = natural;
+      return;
+    }
+    if (!this.domainAlive(e)) {
+      void this.finish(e, natural);
+      return;
+    }
+    if (tries < 10) setTimeout(() => this.domainStopped(e, natural, tries + 1), 200);
+    else this.log('warn', 'vmd.libvirt-stale-event', `${e.vm}: libvirt said ${e.domain} stopped (${natural.detail}), but its QEMU process ${e.pid} runs: ignored`, { vm: e.vm, domain: e.domain });
+  }
+
+  /** The safety net under the events: running domains that libvirt no longer lists are gone. */
+  private async pollDomains(): Promise<void> {
+    if (!this.libvirt || this.polling || this.exiting) return;
+    this.polling = true;
+    try {
+      const watched = [...this.byDomain.values()].filter((e) => e.phase === 'running');
+      if (watched.length === 0 && this.suspects.size === 0) return;
+      // QEMU gone is a stop, whether or not libvirtd answers; libvirt's event (which says why)
+      // gets a moment to come first.
+      for (const e of watched) {
+        if (!this.domainAlive(e)) setTimeout(() => this.domainStopped(e, { reason: 'killed', detail: 'its QEMU process is gone (found by polling)' }), POLL_GRACE_MS);
+      }
+      const running = await this.libvirt.running();
+      for (const e of watched) {
+        if (running.has(e.domain!) || this.byDomain.get(e.domain!) !== e || e.phase !== 'running') continue;
+        setTimeout(() => this.domainStopped(e, { reason: 'killed', detail: 'the domain is gone (found by polling libvirt)' }), POLL_GRACE_MS);
+      }
+      for (const [name, vm] of [...this.suspects]) {
+        if (this.byDomain.has(name)) {
+          this.suspects.delete(name);
+          continue;
+        }
+        if (!running.has(name)) {
+          this.suspects.delete(name);
+          continue;
+        }
+        this.log('error', 'vmd.libvirt-suspect', `${vm}: domain ${name}, whose start failed, runs after all: destroying it`, { vm, domain: name });
+        await this.libvirt.destroy(name).then(
+          () => this.suspects.delete(name),
+          () => {},
+        );
+      }
+    } catch (err) {
+      this.log('warn', 'vmd.libvirt-poll-failed', `cannot list running domains: ${describeError(err)}`);
+    } finally {
+      this.polling = false;
+    }
+  }
+
+  /**
+   * A shell connection is gone. If libvirtd stopped, it destroyed the domains created on it (the
+   * events or the poll report them); if it crashed and came back, they run on but no longer die
+   * with this daemon: said in the log, and a successor daemon destroys them (vmd-vms.json).
+   */
+  private onShellLost(id: number, why: string): void {
+    const tied = [...this.byDomain.values()].filter((e) => e.guard === id);
+    for (const e of tied) e.guard = null;
+    this.log('warn', 'vmd.libvirt-connection-lost', `a virsh connection of this daemon is gone (${why}); ${tied.length} domain(s) were tied to it${tied.length ? ': those still running no longer die with this daemon by themselves (a restarted daemon destroys them)' : ''}`, { domains: tied.map((e) => e.domain) });
+    setTimeout(() => void this.pollDomains(), 500);
   }
 
   /** Stop a VM (hard: SIGKILL; graceful: SIGTERM, SIGKILL after timeoutMs); resolves once it is gone. */
@@ -618,7 +1029,10 @@ export class Vmd {
       e = this.vms.get(vm);
     }
     if (!e) return; // not running here: nothing to do
-    if (e.phase === 'running' && e.child) {
+    if (e.phase === 'running' && e.domain) {
+      // A failure to stop it is the request's (the VM keeps running, and its lease).
+      await Promise.race([this.stopDomain(e, mode, timeoutMs).then(() => e!.gone.promise), e.gone.promise]);
+    } else if (e.phase === 'running' && e.child) {
       const child = e.child;
       const entry = e;
       if (mode === 'hard') {
@@ -647,6 +1061,7 @@ export class Vmd {
     await Promise.allSettled([...this.renewals]);
     await Promise.all([...this.hostLeases.values()].map((h) => h.lease.release()));
     this.hostLeases.clear();
+    this.libvirt?.close();
     this.log('info', 'vmd.exit', 'VM daemon exiting on request');
     this.server?.close();
     // Let the reply go out, then leave.
