@@ -107,7 +107,7 @@ export class Agent {
     if (!me) throw new Error(`host ${this.host} is not in the cluster config (hosts: ${Object.keys(this.config.hosts).join(', ')})`);
     this.key = deriveKey(opts.secret, this.config.cluster);
     for (const [id, h] of Object.entries(this.config.hosts)) this.addressToHost.set(`${h.address}|${h.port}`, id);
-    this.isolationAddresses = [...(me.isolationAddresses ?? this.config.isolationAddresses ?? defaultGateways())];
+    this.isolationAddresses = [...(me.isolationAddresses.length > 0 ? me.isolationAddresses : this.config.isolationAddresses.length > 0 ? this.config.isolationAddresses : defaultGateways())];
     this.core = this.makeCore(0, { memoryMB: 0, cpus: 0 });
     this.storage = new StorageRuntime({ config: this.config, host: this.host, logger: this.logger, clock: this.clock, feed: (ev) => this.feed(ev) });
     const mounted = Object.fromEntries(me.datastores.map((d) => [d, this.config.datastores[d]!]));

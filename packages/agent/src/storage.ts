@@ -437,7 +437,10 @@ export class StorageRuntime {
         // that if it becomes master it already knows how long the old one has been silent.
         if (this.role !== 'master' && this.role !== 'slave') continue;
         for (const [host, h] of Object.entries(this.config.hosts)) {
-          if (host === this.host || !h.datastores.includes(ds)) continue;
+          if (!h.datastores.includes(ds)) continue;
+          // The master also reads its own host VM lease: the VM leases of VMs fenced on this very
+          // host live by it, and are judged (and taken over) through it like any other host's.
+          if (host === this.host && this.role !== 'master') continue;
           if (this.role === 'slave' && host !== this.masterHost) continue;
           // Its VM daemon's host VM lease: what its VM leases live by (sanlock's design).
           reads.push(
@@ -448,7 +451,7 @@ export class StorageRuntime {
               })
               .catch(() => {}),
           );
-          if (!heartbeatDatastoresFor(this.config, host).includes(ds)) continue;
+          if (host === this.host || !heartbeatDatastoresFor(this.config, host).includes(ds)) continue;
           reads.push(
             this.lease(ds, `${host}-hb`)
               .read()

@@ -107,7 +107,6 @@ export class FailureDetector {
     // time a verdict is re-examined after that).
     if (t.pingStartedAt === null || (t.pingReplied !== null && now - t.pingStartedAt >= this.timing.icmpPingTimeoutMs * 2)) {
       t.pingStartedAt = now;
-      t.pingReplied = null;
       const address = this.addresses[host];
       if (address) this.out.push({ type: 'ping', host, address, timeoutMs: this.timing.icmpPingTimeoutMs });
     }

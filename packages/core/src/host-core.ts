@@ -121,7 +121,7 @@ export class HostCore {
         break;
       case 'poweronSample':
         out.push(...this.storage.step(ev));
-        if (master && ev.vms && ev.host !== this.self) this.vms.setHostVms(ev.host, ev.vms);
+        if (master && ev.vms && ev.host !== this.self) this.vms.setHostVms(ev.host, ev.vms, ev.now);
         break;
       case 'pingResult':
         this.failure.pingResult(ev.host, ev.replied);

@@ -89,20 +89,23 @@ export class IsolationMonitor {
     const wasMaster = this.masterSince !== null && this.masterSince <= this.lastTraffic;
     const threshold = wasMaster ? this.opts.timing.masterIsolationMs : this.opts.timing.slaveIsolationMs;
     const pingMs = this.opts.timing.icmpPingTimeoutMs;
-    // Ping from (threshold - ping timeout), so that a verdict exists at the threshold; then one
-    // round after another while the silence lasts (an isolated host keeps trying).
-    if (this.opts.hasAddresses && silent >= Math.max(0, threshold - pingMs)) {
-      if (!this.round || (this.round.replied !== null && now - this.round.startedAt >= pingMs) || now - this.round.startedAt >= 2 * pingMs) {
-        this.round = { startedAt: now, replied: null };
-        out.push({ type: 'pingIsolation', timeoutMs: pingMs });
-      }
-    }
+    // The verdict first: a round that ended without a reply must be read before the next round
+    // replaces it. (A ping without a reply answers only once its timeout has passed, so the
+    // round is always old enough to be replaced at the first tick after its result.)
     if (this.isolatedAt === null && silent >= threshold) {
       const noReply = !this.opts.hasAddresses || (this.round !== null && this.round.replied === false);
       if (noReply) {
         this.isolatedAt = now;
         const reason = `no agent traffic for ${Math.round(silent)} ms and ${this.opts.hasAddresses ? 'no isolation address answered ping' : 'no isolation address configured'}`;
         out.push({ type: 'isolate', reason });
+      }
+    }
+    // Ping from (threshold - ping timeout), so that a verdict exists at the threshold; then one
+    // round after another while the silence lasts (an isolated host keeps trying).
+    if (this.opts.hasAddresses && silent >= Math.max(0, threshold - pingMs)) {
+      if (!this.round || (this.round.replied !== null && now - this.round.startedAt >= pingMs) || now - this.round.startedAt >= 2 * pingMs) {
+        this.round = { startedAt: now, replied: null };
+        out.push({ type: 'pingIsolation', timeoutMs: pingMs });
       }
     }
     return out;

@@ -61,6 +61,12 @@ interface VmTrack {
   lastHost: HostId | null;
   /** Restart on this host first (a crash on a live host). */
   preferHost: HostId | null;
+  /**
+   * Hosts this VM was just fenced on, or failed to start on: placed elsewhere while any other
+   * host fits (a host that lost the VM's datastore still lists it in the config). Cleared when
+   * the VM runs again.
+   */
+  avoid: Set<HostId>;
   /** Why it may be restarted now (crash, host dead...), null if it need not be. */
   wantRestart: string | null;
   waitingLogged: string | null;
@@ -139,6 +145,9 @@ export class VmManager {
   /** Maintenance requests waiting for their evacuation to finish: req -> host. */
   private readonly evacuations = new Map<number, HostId>();
   private readonly hostStates = new Map<HostId, FailureState | 'self'>();
+  /** VMs a host reported started (vmResult ok), and when: see setHostVms. */
+  private readonly recentStarts = new Map<string, { host: HostId; at: number }>();
+  private readonly startGraceMs: number;
   private dirty = false;
   private nextReq = 1;
   private inventoryReady = false;
@@ -154,6 +163,8 @@ export class VmManager {
     this.maxResets = opts.maxResets ?? 3;
     this.powerOnTimeoutMs = opts.powerOnTimeoutMs ?? 3 * opts.timing.storageCallTimeoutMs + 10_000;
     this.stopTimeoutMs = opts.stopTimeoutMs ?? Math.min(opts.timing.isolationShutdownTimeoutMs, 30_000);
+    // A host rewrites its poweron file at once; a read can lag by a sampling period and a call.
+    this.startGraceMs = opts.timing.storageHeartbeatIntervalMs + 2 * opts.timing.storageCallTimeoutMs;
   }
 
   /** Forget the master's state (no longer master). Pending CLI commands fail. */
@@ -175,7 +186,7 @@ export class VmManager {
   private track(vm: string): VmTrack {
     let t = this.tracks.get(vm);
     if (!t) {
-      t = { attempts: 0, nextAt: 0, failed: false, lastError: null, pending: null, resets: [], restarts: 0, lastHost: null, preferHost: null, wantRestart: null, waitingLogged: null };
+      t = { attempts: 0, nextAt: 0, failed: false, lastError: null, pending: null, resets: [], restarts: 0, lastHost: null, preferHost: null, avoid: new Set(), wantRestart: null, waitingLogged: null };
       this.tracks.set(vm, t);
     }
     return t;
@@ -194,8 +205,16 @@ export class VmManager {
   }
 
   /** The VMs a host runs, from its poweron file (or the master's own driver). */
-  setHostVms(host: HostId, vms: readonly string[]): void {
-    this.hostVms.set(host, new Set(vms));
+  setHostVms(host: HostId, vms: readonly string[], now?: number): void {
+    const set = new Set(vms);
+    // A poweron file read just before the host rewrote it does not list a VM the host has just
+    // reported started: that report wins for a short while (else the master would "restart" a
+    // VM that runs). A stop is reported by its own message, not by this file.
+    for (const [vm, r] of this.recentStarts) {
+      if (now === undefined || now - r.at >= this.startGraceMs) this.recentStarts.delete(vm);
+      else if (r.host === host) set.add(vm);
+    }
+    this.hostVms.set(host, set);
     this.dirty = true;
   }
 
@@ -433,6 +452,7 @@ export class VmManager {
   vmStopped(host: HostId, vm: string, reason: string, now: number): CoreAction[] {
     this.out = [];
     this.hostVms.get(host)?.delete(vm);
+    if (this.recentStarts.get(vm)?.host === host) this.recentStarts.delete(vm);
     this.dirty = true;
     this.relocate();
     const where = this.running.get(vm);
@@ -447,6 +467,7 @@ export class VmManager {
     if (reason === 'fenced') {
       t.wantRestart = `${host} lost its lease (self-fence)`;
       t.preferHost = null;
+      t.avoid.add(host);
       this.log('warn', 'vm.fenced', `${vm} was killed on ${host}: its lease could not be renewed; it will run elsewhere`, { vm, host: host });
       return this.out;
     }
@@ -487,6 +508,7 @@ export class VmManager {
     if (p.kind === 'evacuate') {
       if (ok) {
         this.hostVms.get(host)?.delete(vm);
+        this.recentStarts.delete(vm);
         this.dirty = true;
         this.relocate();
         t.wantRestart = `evacuated from ${host} (maintenance)`;
@@ -499,6 +521,7 @@ export class VmManager {
     if (p.kind === 'stop') {
       if (ok) {
         this.hostVms.get(host)?.delete(vm);
+        this.recentStarts.delete(vm);
         this.dirty = true;
         this.relocate();
       }
@@ -513,11 +536,13 @@ export class VmManager {
       let set = this.hostVms.get(host);
       if (!set) this.hostVms.set(host, (set = new Set()));
       set.add(vm);
+      this.recentStarts.set(vm, { host, at: now });
       this.dirty = true;
       this.relocate();
       t.lastHost = host;
       t.wantRestart = null;
       t.preferHost = null;
+      t.avoid.clear();
       t.attempts = 0;
       t.lastError = null;
       this.poweredoff.delete(vm);
@@ -547,6 +572,8 @@ export class VmManager {
       t.nextAt = now + this.opts.timing.storageHeartbeatIntervalMs;
     } else {
       t.attempts += 1;
+      t.avoid.add(host);
+      if (t.preferHost === host) t.preferHost = null;
       const delays = this.opts.timing.restartRetryDelaysMs;
       if (p.kind === 'restart' && t.attempts >= this.opts.maxAttempts) {
         t.failed = true;
@@ -796,7 +823,7 @@ export class VmManager {
         continue;
       }
       const t = this.track(c.vm);
-      const host = this.place(c.spec, hosts, t.preferHost, inflight);
+      const host = this.place(c.spec, hosts, t.preferHost, inflight, t.avoid);
       if (!host) {
         this.waiting(t, c.vm, `no connected host mounting ${vmDatastore(c.vm)} has ${c.spec.memoryMB} MB / ${c.spec.cpus} vCPUs free (or all are busy)`);
         continue;
@@ -840,6 +867,7 @@ export class VmManager {
     hosts: Map<HostId, HostPlacementInfo>,
     prefer: HostId | null,
     inflight = new Map<HostId, number>(),
+    avoid: ReadonlySet<HostId> = new Set(),
   ): HostId | null {
     const ds = vmDatastore(spec.id);
     const fits = (h: HostPlacementInfo) => {
@@ -853,14 +881,18 @@ export class VmManager {
       const h = hosts.get(prefer);
       if (h && fits(h)) return prefer;
     }
+    // The host with the most free memory, among the hosts not to avoid if any of them fits.
     let bestHost: HostPlacementInfo | null = null;
     let bestFree = -Infinity;
+    let bestAvoided = true;
     for (const h of [...hosts.values()].sort((a, b) => (a.host < b.host ? -1 : 1))) {
       if (!fits(h)) continue;
+      const avoided = avoid.has(h.host);
       const f = this.free(h).memoryMB;
-      if (f > bestFree) {
+      if ((bestAvoided && !avoided) || (avoided === bestAvoided && f > bestFree)) {
         bestFree = f;
         bestHost = h;
+        bestAvoided = avoided;
       }
     }
     return bestHost?.host ?? null;

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
-import { Lab } from '../lab/lab.js';
+import { LAB_ISOLATION_RESPONSES, Lab, LabUsageError, type LabIsolationResponse } from '../lab/lab.js';
 import { DEFAULT_LAB_DIR } from '../lab/layout.js';
 import { CliError, EXIT_USAGE } from '../errors.js';
 import { ms, printJson, table } from '../format.js';
@@ -22,9 +22,27 @@ async function usage<T>(p: Promise<T>): Promise<T> {
   try {
     return await p;
   } catch (err) {
-    if (err instanceof Error && !(err instanceof CliError) && /^unknown lab host /.test(err.message)) throw new CliError(err.message, EXIT_USAGE);
+    if (err instanceof LabUsageError || (err instanceof Error && !(err instanceof CliError) && /^unknown lab host /.test(err.message))) throw new CliError(err.message, EXIT_USAGE);
     throw err;
   }
+}
+
+/**
+ * `host-1,host-2/host-3,host-4` (also with spaces around `/`, or split over several arguments:
+ * `host-1,host-2 / host-3,host-4`) -> [[host-1, host-2], [host-3, host-4]].
+ */
+export function parsePartition(args: string[]): string[][] {
+  const text = args.join(' ').trim();
+  const syntax = `expected groups of hosts separated by "/", hosts within a group by ",": host-1,host-2/host-3,host-4 (got "${text}")`;
+  if (!text.includes('/')) throw new CliError(`partition: ${syntax}`, EXIT_USAGE);
+  return text.split('/').map((g) => {
+    const hosts = g
+      .split(',')
+      .map((h) => h.trim())
+      .filter((h, i, all) => h !== '' || all.length > 1);
+    if (hosts.length === 0 || hosts.some((h) => h === '' || /\s/.test(h))) throw new CliError(`partition: ${syntax}`, EXIT_USAGE);
+    return hosts;
+  });
 }
 
 /** The lab hosts whose agent process started by `lab up` is gone. */
@@ -83,7 +101,9 @@ export function reportDead(l: Lab, dir: string, dead: string[]): never {
 }
 
 /** What `lab up` suggests typing next (commands that work in a checkout: `npx vigil`). */
-export function nextSteps(l: Lab, dir: string, master: string | null): string {
+export function nextSteps(l: Lab, dir: string, master: string | null, netnsHosts: string[] = []): string {
+  const half = Math.ceil(netnsHosts.length / 2);
+  const groups = `${netnsHosts.slice(0, half).join(',')}/${netnsHosts.slice(half).join(',')}`;
   const dirArg = dir === DEFAULT_LAB_DIR ? '' : ` --dir ${dir}`;
   const sock = (h: string) => l.paths.socket(h);
   const steps: [string, string][] = [
@@ -95,6 +115,14 @@ export function nextSteps(l: Lab, dir: string, master: string | null): string {
     [`npx vigil vms --socket ${sock('host-1')}`, 'every VM (any host forwards to the master)'],
     [`npx vigil lab kill host-N${dirArg}`, 'power cut: the agent and its VMs die'],
     [`npx vigil lab start host-N${dirArg}`, 'power it back on'],
+    ...(netnsHosts.length > 0
+      ? ([
+          [`npx vigil lab isolate host-N${dirArg}`, 'host-N loses all network'],
+          ...(netnsHosts.length > 1 ? [[`npx vigil lab partition ${groups}${dirArg}`, 'two groups that cannot talk']] : []),
+          [`npx vigil lab heal${dirArg}`, 'undo isolate, partition and one-way'],
+          [`npx vigil lab storage-loss host-N ds1${dirArg}`, 'hide ds1 from host-N only (storage-heal undoes it)'],
+        ] as [string, string][])
+      : []),
     [`npx vigil lab down${dirArg}`, `stop everything (--purge also deletes ${dir})`],
   ];
   // Align the comments, except after the odd long command.
@@ -103,7 +131,7 @@ export function nextSteps(l: Lab, dir: string, master: string | null): string {
 }
 
 export function registerLab(program: Command): void {
-  const labCmd = program.command('lab').description('a whole cluster on this machine: agents on 127.0.0.x:8182 (or --port), local datastores, fast timings');
+  const labCmd = program.command('lab').description('a whole cluster on this machine: agents on 127.0.0.x:8182 (or --port; or each in its own network namespace with --netns), local datastores, fast timings');
   const dirOpt = ['--dir <dir>', 'lab directory', DEFAULT_LAB_DIR] as const;
 
   labCmd
@@ -116,13 +144,33 @@ export function registerLab(program: Command): void {
     .option('--port <port>', 'UDP and TCP port of every lab agent (another port lets a second lab, or a test run, use the same 127.0.0.x addresses)', intArg('--port', 1, 65535), 8182)
     .option(...dirOpt)
     .option('--no-wait', 'return once the agents are up, without waiting for the election')
-    .action(async (opts: { hosts: number; datastores: number; vms: number; profile: string; port: number; dir: string; wait: boolean }) => {
+    .option('--netns', 'each host in its own network namespace on a bridge (root): enables isolate, partition, one-way, heal, storage-loss, storage-heal')
+    .option('--isolation-response <response>', `the cluster's isolation response: ${LAB_ISOLATION_RESPONSES.join(', ')} (default leavePoweredOn)`)
+    .action(async (opts: { hosts: number; datastores: number; vms: number; profile: string; port: number; dir: string; wait: boolean; netns?: boolean; isolationResponse?: string }) => {
       if (opts.profile !== 'fast' && opts.profile !== 'default') throw new CliError(`--profile must be fast or default, not "${opts.profile}"`, EXIT_USAGE);
+      if (opts.isolationResponse !== undefined && !(LAB_ISOLATION_RESPONSES as readonly string[]).includes(opts.isolationResponse)) {
+        throw new CliError(`--isolation-response must be one of ${LAB_ISOLATION_RESPONSES.join(', ')}, not "${opts.isolationResponse}"`, EXIT_USAGE);
+      }
       const l = await lab(opts.dir);
-      const ids = await l.create({ dir: opts.dir, hosts: opts.hosts, datastores: opts.datastores, profile: opts.profile, port: opts.port });
+      const ids = await usage(
+        l.create({
+          dir: opts.dir,
+          hosts: opts.hosts,
+          datastores: opts.datastores,
+          profile: opts.profile,
+          port: opts.port,
+          ...(opts.netns ? { netns: true } : {}),
+          ...(opts.isolationResponse ? { isolationResponse: opts.isolationResponse as LabIsolationResponse } : {}),
+        }),
+      );
       const pids = new Map<string, number>();
       for (const id of ids) pids.set(id, await l.start(id));
+      const st = await l.readState();
       process.stdout.write(`lab: started ${ids.length} agents (${ids.join(', ')}) in ${opts.dir}\n`);
+      if (st?.netns) {
+        const n = await l.netns();
+        process.stdout.write(`lab: network namespaces ${ids.length > 1 ? `${n.nsName(ids[0]!)} ... ` : ''}${n.nsName(ids[ids.length - 1]!)} on bridge ${st.netns.prefix}-br, subnet ${st.netns.subnet}, isolation address ${n.isolationAddress()}\n`);
+      }
       const timeout = opts.profile === 'fast' ? 20_000 : 60_000;
       const startedAt = Date.now();
       // Even with --no-wait: make sure every agent came up (bound its address and socket).
@@ -147,7 +195,7 @@ export function registerLab(program: Command): void {
           process.stdout.write(`lab: created, started and protected ${names.length} VM${names.length === 1 ? '' : 's'} (${names.length > 4 ? `${names.slice(0, 3).join(', ')}, ..., ${names[names.length - 1]}` : names.join(', ')})\n`);
         }
       }
-      process.stdout.write(nextSteps(l, opts.dir, master));
+      process.stdout.write(nextSteps(l, opts.dir, master, st?.netns ? ids : []));
     });
 
   labCmd
@@ -156,7 +204,8 @@ export function registerLab(program: Command): void {
     .option(...dirOpt)
     .option('--json', 'machine-readable output')
     .action(async (opts: { dir: string; json?: boolean }) => {
-      const reports = await (await lab(opts.dir)).statusAll();
+      const l = await lab(opts.dir);
+      const reports = await l.statusAll();
       if (opts.json) return printJson(reports.map((r) => (r.up ? { up: true, ...r.status } : { host: r.host, up: false, pid: r.pid })));
       process.stdout.write(
         table(
@@ -168,6 +217,26 @@ export function registerLab(program: Command): void {
           ),
         ) + '\n',
       );
+      const info = await l.netnsInfo().catch((err: Error) => err);
+      if (info instanceof Error) {
+        process.stdout.write(`netns: cannot read the namespaces: ${info.message}\n`);
+      } else if (info) {
+        const faults = netnsFaults(info.rules);
+        const hidden: string[] = [];
+        for (const r of reports) {
+          const ds = await l.hiddenDatastores(r.host);
+          if (ds.length > 0) hidden.push(`${r.host}: ${ds.join(',')}`);
+        }
+        process.stdout.write(
+          [
+            `netns: ${info.prefix} (${info.namespaces.length} namespaces)`,
+            `  isolated:     ${info.isolated.join(', ') || '-'}`,
+            `  partition:    ${faults.partition.join('  ') || '-'}`,
+            `  one-way:      ${faults.oneWay.join(', ') || '-'}`,
+            `  storage-loss: ${hidden.join('; ') || '-'}`,
+          ].join('\n') + '\n',
+        );
+      }
     });
 
   labCmd
@@ -191,12 +260,89 @@ export function registerLab(program: Command): void {
     });
 
   labCmd
+    .command('isolate')
+    .description('netns lab: the host loses all network (no agent traffic, no isolation address); `heal` undoes it')
+    .argument('<host>', 'lab host id, e.g. host-2')
+    .option(...dirOpt)
+    .action(async (host: string, opts: { dir: string }) => {
+      await usage((await lab(opts.dir)).isolate(host));
+      process.stdout.write(`lab: ${host} isolated (its bridge port is down)\n`);
+    });
+
+  labCmd
+    .command('partition')
+    .description('netns lab: split the hosts into groups that cannot talk to each other (each still reaches the isolation address)')
+    .argument('<groups...>', 'every lab host once: host-1,host-2/host-3,host-4')
+    .option(...dirOpt)
+    .action(async (groups: string[], opts: { dir: string }) => {
+      const parsed = parsePartition(groups);
+      await usage((await lab(opts.dir)).partition(parsed));
+      process.stdout.write(`lab: partitioned: ${parsed.map((g) => g.join(',')).join(' / ')}\n`);
+    });
+
+  labCmd
+    .command('one-way')
+    .description('netns lab: drop IP traffic from one host to another; the other direction passes')
+    .argument('<from>', 'lab host whose packets to <to> are dropped')
+    .argument('<to>', 'lab host that no longer hears <from>')
+    .option(...dirOpt)
+    .action(async (from: string, to: string, opts: { dir: string }) => {
+      await usage((await lab(opts.dir)).oneWay(from, to));
+      process.stdout.write(`lab: ${from} -> ${to} dropped (${to} -> ${from} still passes)\n`);
+    });
+
+  labCmd
+    .command('heal')
+    .description('netns lab: undo every isolate, partition and one-way (storage losses stay: storage-heal)')
+    .option(...dirOpt)
+    .action(async (opts: { dir: string }) => {
+      await usage((await lab(opts.dir)).heal());
+      process.stdout.write('lab: network healed (every bridge port up, no partition or one-way rule)\n');
+    });
+
+  labCmd
+    .command('storage-loss')
+    .description("netns lab: hide a datastore from one host only (its agent, VM daemon and VMs)")
+    .argument('<host>', 'lab host id, e.g. host-2')
+    .argument('<datastore>', 'datastore name, e.g. ds1')
+    .option(...dirOpt)
+    .action(async (host: string, ds: string, opts: { dir: string }) => {
+      const pids = await usage((await lab(opts.dir)).storageLoss(host, ds));
+      process.stdout.write(`lab: ${ds} hidden from ${host} (mount namespace of pid ${pids.join(', ')})\n`);
+    });
+
+  labCmd
+    .command('storage-heal')
+    .description('netns lab: make a datastore hidden by storage-loss visible to the host again')
+    .argument('<host>', 'lab host id, e.g. host-2')
+    .argument('<datastore>', 'datastore name, e.g. ds1')
+    .option(...dirOpt)
+    .action(async (host: string, ds: string, opts: { dir: string }) => {
+      await usage((await lab(opts.dir)).storageHeal(host, ds));
+      process.stdout.write(`lab: ${ds} visible to ${host} again\n`);
+    });
+
+  labCmd
     .command('down')
-    .description('stop every lab agent; leaves no process behind')
+    .description('stop every lab agent; leaves no process behind (and, for a netns lab, no namespace, link, rule or mount)')
     .option(...dirOpt)
     .option('--purge', 'also delete the lab directory')
     .action(async (opts: { dir: string; purge?: boolean }) => {
       const stopped = await (await lab(opts.dir)).down({ purge: opts.purge ?? false });
       process.stdout.write(`lab: stopped ${stopped.length} agent${stopped.length === 1 ? '' : 's'}${opts.purge ? `; removed ${opts.dir}` : ''}\n`);
     });
+}
+
+/** The partition groups and one-way pairs of a netns lab, read from the comments of its nft rules. */
+export function netnsFaults(rules: string): { partition: string[]; oneWay: string[] } {
+  const oneWay = [...rules.matchAll(/comment "oneway (host-[0-9]+)>(host-[0-9]+)"/g)].map((m) => `${m[1]} -> ${m[2]}`);
+  const partition: string[] = [];
+  const cut = /iifname \{?\s*([^}]*?)\s*\}? oifname .* comment "partition ([0-9]+)>([0-9]+)"/g;
+  const groups = new Map<number, string>();
+  for (const m of rules.matchAll(cut)) {
+    const ports = m[1]!.split(',').map((p) => p.trim().replace(/"/g, '').replace(/^.*-h/, 'host-'));
+    groups.set(Number(m[2]), ports.join(','));
+  }
+  for (const k of [...groups.keys()].sort((a, b) => a - b)) partition.push(groups.get(k)!);
+  return { partition: partition.length > 1 ? [partition.join(' / ')] : [], oneWay };
 }

@@ -1,22 +1,68 @@
 /**
  * `vigil lab`: a whole cluster on one machine (SPEC §4.4). Agents run as real background
  * processes on 127.0.0.x, port 8182, with datastores as local directories and `fast` timings.
+ * With `netns: true` (root), each host runs in its own network namespace on a bridge instead
+ * (NetnsLab, netns.ts), which adds isolation, partitions, one-way loss and per-host storage loss.
  * Also the harness of the end-to-end tests.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { controlRequest, type AgentStatus } from '@vigil/agent';
 import { validateConfig } from '@vigil/config';
 import { labAddress, labPaths, type LabPaths } from './layout.js';
+import { NetnsLab, netnsPrefix, netnsSupport, type NetnsLabInfo } from './netns.js';
 
 export const VIGIL_BIN = fileURLToPath(new URL('../../bin/vigil.cjs', import.meta.url));
 
 /** argv[0] of a lab VM process: `pgrep -f` on it counts the copies of a VM. */
 export function labVmTag(dir: string, name: string): string {
   return `vigil-lab-vm:${dir}:${name}`;
+}
+
+/** The isolation responses a lab can be created with (SPEC §3.4). */
+export const LAB_ISOLATION_RESPONSES = ['leavePoweredOn', 'powerOff', 'shutdown'] as const;
+export type LabIsolationResponse = (typeof LAB_ISOLATION_RESPONSES)[number];
+
+/**
+ * A mistake of the caller (unknown host or datastore, a netns command on a lab without
+ * namespaces, bad partition syntax): the CLI exits 2 on it, like on other usage errors.
+ */
+export class LabUsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'LabUsageError';
+  }
+}
+
+/** What a netns lab records in lab.json, so every later command rebuilds the same NetnsLab. */
+export interface LabNetnsState {
+  /** NetnsLab name (the absolute lab directory, or a hash of it if it has unusual characters). */
+  name: string;
+  /** `10.99.X.0/24`. */
+  subnet: string;
+  /** Name prefix of its namespaces (`vg` + 6 hex digits), for humans. */
+  prefix: string;
+}
+
+/** The NetnsLab name of a lab directory: the absolute path if NetnsLab accepts it, else a hash. */
+export function netnsLabName(dir: string): string {
+  const abs = resolve(dir);
+  try {
+    netnsPrefix(abs);
+    return abs;
+  } catch {
+    return 'dir-' + createHash('sha256').update(abs).digest('hex').slice(0, 32);
+  }
+}
+
+/** The subnet of a netns lab, `10.99.X.0/24`, X derived from the lab name (so two labs differ). */
+export function netnsLabSubnet(name: string): string {
+  const x = parseInt(createHash('sha256').update(`subnet:${name}`).digest('hex').slice(0, 2), 16);
+  return `10.99.${x}.0/24`;
 }
 
 export interface LabOptions {
@@ -32,6 +78,14 @@ export interface LabOptions {
   port?: number;
   /** Capacity each lab host offers to VMs (default 16 GiB, 256 vCPUs). */
   capacity?: { memoryMB: number; cpus: number };
+  /**
+   * Each host in its own network namespace on a bridge (root only; NetnsLab): addresses
+   * 10.99.X.(10+N), the isolation address 10.99.X.1 on the bridge, `pingHosts` on, and every
+   * agent in a mount namespace of its own (for storageLoss).
+   */
+  netns?: boolean;
+  /** The cluster's isolation response (default: the config's default, leavePoweredOn). */
+  isolationResponse?: LabIsolationResponse;
 }
 
 export interface LabState {
@@ -39,6 +93,18 @@ export interface LabState {
   hosts: string[];
   /** Host id -> pid of its agent while started through the lab. */
   pids: Record<string, number>;
+  /** Set for a netns lab (`vigil lab up --netns`). */
+  netns?: LabNetnsState;
+}
+
+/** A VM for Lab.createVms: its command (argv[0] must be the lab tag) and per-VM settings. */
+export interface LabVmSpec {
+  command: string;
+  args: string[];
+  /** Per-VM isolation response (default: the cluster's). */
+  isolationResponse?: LabIsolationResponse;
+  /** Start it on this host (default: the master places it). */
+  host?: string;
 }
 
 export type HostReport = { host: string; up: true; status: AgentStatus } | { host: string; up: false; pid: number | null; error: string };
@@ -57,6 +123,23 @@ export class Lab {
     if (existing && existing.hosts.some((h) => this.alive(existing.pids[h]))) {
       throw new Error(`a lab is already running in ${this.dir}: run \`vigil lab down --dir ${this.dir}\` first`);
     }
+    if (opts.isolationResponse !== undefined && !(LAB_ISOLATION_RESPONSES as readonly string[]).includes(opts.isolationResponse)) {
+      throw new LabUsageError(`isolation response must be one of ${LAB_ISOLATION_RESPONSES.join(', ')}, not "${String(opts.isolationResponse)}"`);
+    }
+    // The namespaces of an earlier netns lab of this directory must be gone (lab down) first:
+    // a new lab never reuses them, and lab.json is about to forget them.
+    const stale = existing?.netns ? await this.netnsOf(existing.netns, existing.hosts).existingNamespaces().catch(() => []) : [];
+    if (stale.length > 0) {
+      throw new Error(`the network namespaces of an earlier lab in ${this.dir} still exist (${stale.join(', ')}): run \`vigil lab down --dir ${this.dir}\` first`);
+    }
+    let netns: LabNetnsState | undefined;
+    if (opts.netns) {
+      const support = await netnsSupport();
+      if (!support.ok) throw new Error(`--netns: ${support.hint}`);
+      if (opts.hosts > 200) throw new Error('--netns: at most 200 hosts');
+      const name = netnsLabName(this.dir);
+      netns = { name, subnet: netnsLabSubnet(name), prefix: netnsPrefix(name) };
+    }
     const nds = opts.datastores ?? 2;
     if (nds < 1 || nds > 16 || !Number.isInteger(nds)) throw new Error(`--datastores must be an integer between 1 and 16, not ${nds}`);
     await mkdir(this.dir, { recursive: true });
@@ -67,10 +150,11 @@ export class Lab {
       await mkdir(datastores[d]!, { recursive: true });
     }
     const ids = Array.from({ length: opts.hosts }, (_, i) => `host-${i + 1}`);
+    const net = netns ? this.netnsOf(netns, ids) : null;
     const hosts: Record<string, { address: string; datastores?: string[]; capacity: { memoryMB: number; cpus: number } }> = {};
     ids.forEach((id, i) => {
       hosts[id] = {
-        address: labAddress(i + 1),
+        address: net ? net.address(id) : labAddress(i + 1),
         ...(opts.hostDatastores?.[id] ? { datastores: opts.hostDatastores[id] } : {}),
         // Every lab host offers the same, explicit capacity, so placement is predictable.
         capacity: opts.capacity ?? { memoryMB: 16384, cpus: 256 },
@@ -83,17 +167,183 @@ export class Lab {
       port: opts.port ?? 8182,
       hosts,
       datastores,
-      isolationAddresses: ['127.0.0.1'],
-      // On loopback every 127.0.0.x answers ping even when its "host" lost power.
-      pingHosts: false,
+      // In namespaces: the bridge's address, which an isolated host cannot reach. On loopback
+      // every 127.0.0.x answers ping even when its "host" lost power, so pings tell nothing.
+      isolationAddresses: net ? [net.isolationAddress()] : ['127.0.0.1'],
+      pingHosts: !!net,
+      ...(opts.isolationResponse ? { isolationResponse: opts.isolationResponse } : {}),
       timing: { profile: opts.profile ?? 'fast', ...(opts.timing ?? {}) },
       log: { level: 'info', format: 'json' },
     };
     validateConfig(config, 'lab config'); // a lab must never write a config the agent refuses
     await writeFile(this.paths.config, JSON.stringify(config, null, 2) + '\n');
     for (const id of ids) await mkdir(this.paths.hostDir(id), { recursive: true });
-    await this.writeState({ dir: this.dir, hosts: ids, pids: {} });
+    // Build the namespaces once, here; `down` removes them. up() cleans up after itself on failure.
+    if (net) await net.up();
+    await this.writeState({ dir: this.dir, hosts: ids, pids: {}, ...(netns ? { netns } : {}) });
     return ids;
+  }
+
+  private netnsOf(n: LabNetnsState, hosts: string[]): NetnsLab {
+    return new NetnsLab({ name: n.name, hosts, subnet: n.subnet });
+  }
+
+  /** The NetnsLab of this lab; a LabUsageError if it is not a netns lab. */
+  async netns(): Promise<NetnsLab> {
+    const s = await this.requireState();
+    if (!s.netns) {
+      throw new LabUsageError(`the lab in ${this.dir} has no network namespaces: isolate, partition, one-way, heal, storage-loss and storage-heal need a lab started with \`vigil lab up --netns\` (as root)`);
+    }
+    return this.netnsOf(s.netns, s.hosts);
+  }
+
+  /** Whether the lab in this directory is a netns lab (false when there is none). */
+  async isNetns(): Promise<boolean> {
+    return !!(await this.readState())?.netns;
+  }
+
+  private checkHost(s: LabState, host: string): void {
+    if (!s.hosts.includes(host)) throw new LabUsageError(`unknown lab host ${host} (hosts: ${s.hosts.join(', ')})`);
+  }
+
+  /** Network faults: `host` loses all network (its bridge port goes down). */
+  async isolate(host: string): Promise<void> {
+    const s = await this.requireState();
+    const n = await this.netns();
+    this.checkHost(s, host);
+    await n.isolate(host);
+  }
+
+  /**
+   * Partition the lab: hosts in different groups cannot exchange anything; all still reach the
+   * isolation address. Every host must be in exactly one group; at least two groups. Replaces an
+   * earlier partition.
+   */
+  async partition(groups: string[][]): Promise<void> {
+    const s = await this.requireState();
+    const n = await this.netns();
+    if (groups.length < 2) throw new LabUsageError('a partition needs at least two groups (host-1,host-2/host-3,host-4)');
+    const seen = new Set<string>();
+    for (const g of groups) {
+      if (g.length === 0) throw new LabUsageError('a partition group is empty (host-1,host-2/host-3,host-4)');
+      for (const h of g) {
+        this.checkHost(s, h);
+        if (seen.has(h)) throw new LabUsageError(`${h} is in two partition groups`);
+        seen.add(h);
+      }
+    }
+    const left = s.hosts.filter((h) => !seen.has(h));
+    if (left.length > 0) throw new LabUsageError(`${left.join(', ')} in no partition group: list every lab host once (hosts: ${s.hosts.join(', ')})`);
+    await n.partition(groups);
+  }
+
+  /** IP traffic from `from` to `to` is dropped; the reverse direction passes. */
+  async oneWay(from: string, to: string): Promise<void> {
+    const s = await this.requireState();
+    const n = await this.netns();
+    this.checkHost(s, from);
+    this.checkHost(s, to);
+    if (from === to) throw new LabUsageError('one-way: FROM and TO are the same host');
+    await n.oneWay(from, to);
+  }
+
+  /** Undo every isolate, partition and one-way (not storage losses: storageHeal). */
+  async heal(): Promise<void> {
+    await (await this.netns()).heal();
+  }
+
+  /** Absolute path of datastore `ds` if `host` mounts it (LabUsageError otherwise). */
+  private async datastoreOf(host: string, ds: string): Promise<string> {
+    const cfg = JSON.parse(await readFile(this.paths.config, 'utf8')) as { datastores: Record<string, string>; hosts: Record<string, { datastores?: string[] }> };
+    const path = cfg.datastores[ds];
+    if (!path) throw new LabUsageError(`unknown datastore ${ds} (datastores: ${Object.keys(cfg.datastores).join(', ')})`);
+    const mounted = cfg.hosts[host]?.datastores;
+    if (mounted && !mounted.includes(ds)) throw new LabUsageError(`${host} does not mount ${ds} (it mounts ${mounted.join(', ') || 'nothing'})`);
+    return resolve(path);
+  }
+
+  /**
+   * One process of each mount namespace the processes of `host` live in (its agent, its VM
+   * daemon, its VMs): usually one, the agent's (`unshare -m` at start), which its VM daemon and
+   * VMs inherit. A VM daemon that outlived an agent crash keeps the old agent's namespace.
+   */
+  private hostMountNamespaces(host: string, agentPid: number | undefined): number[] {
+    const byNs = new Map<string, number>();
+    const own = (() => {
+      try {
+        return readlinkSync('/proc/self/ns/mnt');
+      } catch {
+        return null;
+      }
+    })();
+    const pids = [...(agentPid && this.alive(agentPid) ? [agentPid] : []), ...this.markedProcesses(host)];
+    for (const pid of pids) {
+      try {
+        const ns = readlinkSync(`/proc/${pid}/ns/mnt`);
+        if (ns !== own && !byNs.has(ns)) byNs.set(ns, pid);
+      } catch {
+        /* gone */
+      }
+    }
+    return [...byNs.values()];
+  }
+
+  /**
+   * Hide datastore `ds` from `host` only: an empty tmpfs over it in the mount namespace of the
+   * host's agent, which its VM daemon and VMs share (so the VM daemon cannot renew its host VM
+   * lease there and fences the VMs of that datastore). Returns the pids whose namespaces got it.
+   */
+  async storageLoss(host: string, ds: string): Promise<number[]> {
+    const s = await this.requireState();
+    const n = await this.netns();
+    this.checkHost(s, host);
+    const path = await this.datastoreOf(host, ds);
+    const targets = this.hostMountNamespaces(host, s.pids[host]);
+    if (targets.length === 0) throw new Error(`${host} is not running (start it with \`vigil lab start ${host}\`): storage-loss hides ${ds} inside its processes' mount namespace`);
+    for (const pid of targets) await n.storageLoss(host, pid, path);
+    return targets;
+  }
+
+  /** Undo storageLoss: `ds` is visible to `host` again. Returns the pids whose namespaces had it. */
+  async storageHeal(host: string, ds: string): Promise<number[]> {
+    const s = await this.requireState();
+    const n = await this.netns();
+    this.checkHost(s, host);
+    const path = await this.datastoreOf(host, ds);
+    const targets = this.hostMountNamespaces(host, s.pids[host]);
+    for (const pid of targets) await n.storageHeal(host, pid, path);
+    return targets;
+  }
+
+  /** The datastores hidden from `host` now (by storageLoss), read from its agent's mount table. */
+  async hiddenDatastores(host: string): Promise<string[]> {
+    const s = await this.requireState();
+    if (!s.netns) return [];
+    const pid = s.pids[host];
+    if (!pid || !this.alive(pid)) return [];
+    const tag = this.netnsOf(s.netns, s.hosts).mountTag;
+    const cfg = JSON.parse(await readFile(this.paths.config, 'utf8')) as { datastores: Record<string, string> };
+    let text = '';
+    try {
+      text = readFileSync(`/proc/${pid}/mountinfo`, 'utf8');
+    } catch {
+      return [];
+    }
+    const points = new Set(
+      text
+        .split('\n')
+        .filter((l) => l.includes(` - tmpfs ${tag} `))
+        .map((l) => (l.split(' ')[4] ?? '').replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))),
+    );
+    return Object.entries(cfg.datastores)
+      .filter(([, p]) => points.has(resolve(p)))
+      .map(([d]) => d);
+  }
+
+  /** State of the namespaces (isolated hosts, nft rules), or null for a loopback lab. */
+  async netnsInfo(): Promise<NetnsLabInfo | null> {
+    if (!(await this.isNetns())) return null;
+    return (await this.netns()).info();
   }
 
   async readState(): Promise<LabState | null> {
@@ -131,12 +381,22 @@ export class Lab {
    */
   async start(host: string, opts: { prefix?: string[]; env?: Record<string, string> } = {}): Promise<number> {
     const s = await this.requireState();
-    if (!s.hosts.includes(host)) throw new Error(`unknown lab host ${host} (hosts: ${s.hosts.join(', ')})`);
+    this.checkHost(s, host);
     const running = s.pids[host];
     if (running && this.alive(running)) return running;
-    const out = openSync(this.paths.log(host), 'a');
     const argv = [process.execPath, VIGIL_BIN, 'agent', '--config', this.paths.config, '--host', host, '--state-dir', this.paths.hostDir(host), '--socket', this.paths.socket(host)];
-    const [cmd, ...args] = [...(opts.prefix ?? []), ...argv];
+    let full = [...(opts.prefix ?? []), ...argv];
+    if (s.netns) {
+      // In the host's network namespace, in a private mount namespace of its own (storageLoss).
+      // `ip netns exec` and `unshare` exec in place: the pid is the agent's.
+      const n = this.netnsOf(s.netns, s.hosts);
+      if (!(await n.existingNamespaces()).includes(n.nsName(host))) {
+        throw new Error(`the network namespace ${n.nsName(host)} of ${host} does not exist (the lab was taken down?): run \`vigil lab down --dir ${this.dir}\` and \`vigil lab up --netns\` again`);
+      }
+      full = n.wrap(host, full, { mountNs: true });
+    }
+    const out = openSync(this.paths.log(host), 'a');
+    const [cmd, ...args] = full;
     // Every process of this lab host (agent, its VM daemon, VMs) inherits this marker, so a
     // power cut can find them all, even a VM daemon or VM started a moment ago.
     const env = { ...process.env, ...(opts.env ?? {}), VIGIL_LAB_HOST: this.hostMarker(host) };
@@ -202,7 +462,7 @@ export class Lab {
    */
   async kill(host: string): Promise<boolean> {
     const s = await this.requireState();
-    if (!s.hosts.includes(host)) throw new Error(`unknown lab host ${host} (hosts: ${s.hosts.join(', ')})`);
+    this.checkHost(s, host);
     const pid = s.pids[host];
     const agent = !!pid && this.alive(pid);
     if (agent) this.signalGroup(pid, 'SIGKILL');
@@ -235,6 +495,8 @@ export class Lab {
       await this.killMarked(s.hosts);
       s.pids = {};
       await this.writeState(s).catch(() => {});
+      // Namespaces, links, nft rules and storage-loss mounts; and anything still inside them.
+      if (s.netns) await this.netnsOf(s.netns, s.hosts).down();
     }
     if (opts.purge) await rm(this.dir, { recursive: true, force: true });
     return stopped;
@@ -293,7 +555,19 @@ export class Lab {
    * Each VM is a `sleep` whose argv[0] is `vigil-lab-vm:<lab dir>:<name>`, so processes can be
    * counted with `pgrep -f`. Returns the VM names.
    */
-  async createVms(count: number, opts: { via?: string; concurrency?: number; memoryMB?: number; priorities?: string[] } = {}): Promise<string[]> {
+  async createVms(
+    count: number,
+    opts: {
+      via?: string;
+      concurrency?: number;
+      memoryMB?: number;
+      priorities?: string[];
+      /** Another VM than the default `sleep` (its argv[0] must be labVmTag(dir, name)), per-VM settings, placement. */
+      vm?: (name: string, index: number) => Partial<LabVmSpec>;
+      /** First VM number (default 1: vm-1, vm-2, ...). */
+      first?: number;
+    } = {},
+  ): Promise<string[]> {
     const s = await this.requireState();
     const cfg = JSON.parse(await readFile(this.paths.config, 'utf8')) as { datastores: Record<string, string> };
     const dsNames = Object.keys(cfg.datastores);
@@ -309,20 +583,25 @@ export class Lab {
       if (Date.now() > deadline) throw new Error('the master did not take every datastore within 30 s');
       await new Promise((r) => setTimeout(r, 50));
     }
-    const names = Array.from({ length: count }, (_, i) => `vm-${i + 1}`);
+    const first = opts.first ?? 1;
+    const names = Array.from({ length: count }, (_, i) => `vm-${i + first}`);
+    const specs = new Map<string, Partial<LabVmSpec>>();
     for (const [i, name] of names.entries()) {
+      const spec = opts.vm?.(name, i) ?? {};
+      specs.set(name, spec);
       await controlRequest(
         socket,
         {
           cmd: 'vm',
           op: 'create',
-          datastore: dsNames[i % dsNames.length],
+          datastore: dsNames[(i + first - 1) % dsNames.length],
           name,
-          command: 'bash',
-          args: ['-c', `exec -a ${labVmTag(this.dir, name)} sleep 2147483647`],
+          command: spec.command ?? 'bash',
+          args: spec.args ?? ['-c', `exec -a ${labVmTag(this.dir, name)} sleep 2147483647`],
           memoryMB: opts.memoryMB ?? 64,
           cpus: 1,
-          priority: prios[i % prios.length],
+          priority: prios[(i + first - 1) % prios.length],
+          ...(spec.isolationResponse ? { isolationResponse: spec.isolationResponse } : {}),
         },
         30_000,
       );
@@ -333,7 +612,8 @@ export class Lab {
         // The master may lose a datastore for a moment under load: retry what it says to retry.
         for (let attempt = 1; ; attempt++) {
           try {
-            await controlRequest(socket, { cmd: 'vm', op: 'start', vm: name }, 120_000);
+            const host = specs.get(name)?.host;
+            await controlRequest(socket, { cmd: 'vm', op: 'start', vm: name, ...(host ? { host } : {}) }, 120_000);
             break;
           } catch (err) {
             if (attempt >= 20 || !/retry shortly/.test((err as Error).message)) throw err;
