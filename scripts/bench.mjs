@@ -77,7 +77,9 @@ async function cut(lab, dir, victim, alive, names) {
 }
 
 async function scenario({ profile, hosts, count, masterCut }) {
-  const dir = `/tmp/vigil-bench-${profile}-${hosts}x${count}`;
+  // tmpfs: the shared-storage stand-in. On a disk-backed /tmp the fsyncs of 16 simulated hosts
+  // queue on one local disk, which no real cluster (each host its own NFS client) would see.
+  const dir = `/dev/shm/vigil-bench-${profile}-${hosts}x${count}`;
   const lab = new Lab(dir);
   await lab.down({ purge: true });
   try {

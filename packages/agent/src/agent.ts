@@ -311,7 +311,7 @@ export class Agent {
     switch (req.op) {
       case 'create': {
         const id = await this.vm!.create(req);
-        await this.vm!.scanCatalog(String(req.datastore));
+        await this.vm!.catalogAdd(id);
         return { message: `created ${id}`, id };
       }
       case 'set': {

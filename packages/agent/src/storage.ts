@@ -1,12 +1,12 @@
 /**
  * The storage half of the runtime (SPEC §3.3): this host's heartbeat leases and poweron file,
  * the master's protectedlist leases, and the reads that feed the core (protectedlist records on
- * every host; other hosts' heartbeats and poweron files on the master, followed with chokidar
+ * every host; other hosts' heartbeats and poweron files on the master, followed with fs.watch
  * plus a periodic rescan). Decisions stay in the core; this class performs and observes.
  */
 import { readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
-import { watch, type FSWatcher } from 'chokidar';
+import { watch as fsWatch, type FSWatcher } from 'node:fs';
 import type { CoreEvent, CoreAction, HostId, LeaseRecordView, Role } from '@vigil/core';
 import type { ClusterConfig } from '@vigil/config';
 import { heartbeatDatastoresFor } from '@vigil/config';
@@ -61,7 +61,10 @@ export class StorageRuntime {
   private accessible: string[] = [];
   private role: Role = 'uninitialized';
   private masterHost: HostId | null = null;
-  private watcher: FSWatcher | null = null;
+  private watcher: { close(): Promise<void> } | null = null;
+  private readonly watchedPoweredOff = new Set<string>();
+  /** Set while watching: (re)start watching a datastore's poweredoff/ (created after the start). */
+  private rewatchPoweredOff: ((ds: string) => void) | null = null;
   private timers: NodeJS.Timeout[] = [];
   private sampling = false;
   private stopped = false;
@@ -110,6 +113,7 @@ export class StorageRuntime {
     this.timers = [];
     await this.watcher?.close().catch(() => {});
     this.watcher = null;
+    this.rewatchPoweredOff = null;
     await this.keeper.stop(true);
   }
 
@@ -143,6 +147,7 @@ export class StorageRuntime {
     if (role !== 'master' && was === 'master') {
       void this.watcher?.close().catch(() => {});
       this.watcher = null;
+      this.rewatchPoweredOff = null;
     }
   }
 
@@ -476,23 +481,58 @@ export class StorageRuntime {
   }
 
   /** Master: follow poweron and poweredoff changes as they happen (FDM polls every 30 s). */
+  /**
+   * Master: follow poweron and poweredoff changes as they happen (FDM polls every 30 s; the
+   * periodic rescan stays as the safety net, and is all there is on filesystems without inotify,
+   * such as NFS seen from another client). Plain fs.watch on the cluster directories and their
+   * poweredoff/, non-recursive: the names in the events are filtered here, nothing is stat'ed,
+   * so the heartbeat, lease and probe files that change all the time cost nothing.
+   */
   private startWatching(): void {
     if (this.watcher) return;
-    const dirs = Object.keys(this.config.datastores)
-      .filter((d) => this.config.hosts[this.host]!.datastores.includes(d))
-      .map((d) => this.dir(d));
-    this.watcher = watch(dirs, {
-      depth: 1,
-      ignoreInitial: false,
-      ignored: (p: string) => /\.(tmp|lock|claims)(\/|$)/.test(p) || /\/probe(\/|$)/.test(p),
-    });
-    const onFile = (path: string) => {
-      const m = /\/(host-[0-9]+)-poweron$/.exec(path);
-      if (m) return void this.readPoweron(m[1]!, path);
-      const ds = /\/poweredoff(\/[^/]*)?$/.test(path) ? this.dsOfPath(path) : null;
-      if (ds) void this.readPoweredOff(ds);
+    const watchers: FSWatcher[] = [];
+    const onError = (err: unknown) => this.noteError('watch', `file watcher: ${describeError(err)}`);
+    const watchPoweredOff = (ds: string) => {
+      const dir = poweredoffDir(this.config.datastores[ds]!, this.config.cluster);
+      if (this.watchedPoweredOff.has(dir)) return;
+      try {
+        const w = fsWatch(dir, () => void this.readPoweredOff(ds));
+        w.on('error', (err) => {
+          this.watchedPoweredOff.delete(dir);
+          onError(err);
+        });
+        watchers.push(w);
+        this.watchedPoweredOff.add(dir);
+      } catch {
+        /* not there yet: the cluster directory's watcher or the rescan sets it up */
+      }
     };
-    this.watcher.on('add', onFile).on('change', onFile).on('unlink', onFile).on('addDir', onFile).on('error', (err) => this.noteError('watch', `file watcher: ${describeError(err)}`));
+    for (const ds of Object.keys(this.config.datastores).filter((d) => this.config.hosts[this.host]!.datastores.includes(d))) {
+      const dir = this.dir(ds);
+      try {
+        const w = fsWatch(dir, (_event, name) => {
+          const file = typeof name === 'string' ? name : '';
+          const m = /^(host-[0-9]+)-poweron$/.exec(file);
+          if (m) return void this.readPoweron(m[1]!, join(dir, file));
+          if (file === 'poweredoff') {
+            watchPoweredOff(ds);
+            void this.readPoweredOff(ds);
+          }
+        });
+        w.on('error', onError);
+        watchers.push(w);
+      } catch (err) {
+        onError(err);
+      }
+      watchPoweredOff(ds);
+    }
+    this.watcher = {
+      close: async () => {
+        for (const w of watchers) w.close();
+        this.watchedPoweredOff.clear();
+      },
+    };
+    this.rewatchPoweredOff = watchPoweredOff;
     void this.rescan();
   }
 
@@ -555,8 +595,9 @@ export class StorageRuntime {
       const problem = !p ? 'missing or unreadable' : !p.ok ? p.error : p.value.owner !== this.host || p.value.generation !== held.generation ? `owner ${p.value.owner} generation ${p.value.generation}, not ours` : null;
       if (problem) this.opts.feed({ type: 'protectedlistDamaged', now: this.clock.now(), datastore: ds, problem: `${file}: ${problem}` });
     }
-    // Other hosts' poweron files, and poweredoff/.
+    // Other hosts' poweron files, and poweredoff/ (watched from now on if it appeared).
     for (const ds of this.accessible) {
+      this.rewatchPoweredOff?.(ds);
       await this.readPoweredOff(ds);
       for (const host of Object.keys(this.config.hosts)) {
         if (host !== this.host) await this.readPoweron(host, join(this.dir(ds), `${host}-poweron`));

@@ -32,6 +32,8 @@ export class VmRuntime {
   readonly driver: Driver;
   private readonly config: ClusterConfig;
   private readonly badFiles = new Map<string, string>();
+  /** The catalog last read of each datastore (VM id -> entry), so one new VM need not rescan it. */
+  private readonly catalogs = new Map<string, Map<string, CatalogVm>>();
   private lastLocal = '';
   /** Each local VM's own isolation response (null: the cluster's), read from its config. */
   private readonly responses = new Map<string, IsolationResponse | null>();
@@ -232,7 +234,22 @@ export class VmRuntime {
         }
       }
     }
+    this.catalogs.set(ds, new Map(vms.map((v) => [v.id, v])));
     this.opts.feed({ type: 'vmCatalog', now: this.opts.clock.now(), datastore: ds, vms });
+  }
+
+  /**
+   * Add one VM just created to its datastore's catalog, without reading the others again (a
+   * rescan per creation would make creating N VMs cost N² reads on the master).
+   */
+  async catalogAdd(id: string): Promise<void> {
+    const ds = id.slice(0, id.indexOf(':'));
+    const path = this.pathOf(id);
+    const known = this.catalogs.get(ds);
+    if (!path || !known) return this.scanCatalog(ds);
+    const spec = await withTimeout(`read ${id}`, this.config.timing.storageCallTimeoutMs, () => this.driver.loadSpec(id, path));
+    known.set(id, { id, name: spec.name, memoryMB: spec.memoryMB, cpus: spec.cpus, priority: spec.restartPriority });
+    this.opts.feed({ type: 'vmCatalog', now: this.opts.clock.now(), datastore: ds, vms: [...known.values()].sort((a, b) => (a.id < b.id ? -1 : 1)) });
   }
 
   async sampleLeases(vms: string[]): Promise<void> {

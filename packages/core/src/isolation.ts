@@ -28,7 +28,7 @@ export interface IsolationOptions {
   clusterSize: number;
   /** Whether there is any isolation address to ping (without one, silence alone isolates). */
   hasAddresses: boolean;
-  timing: Pick<Timing, 'slaveIsolationMs' | 'masterIsolationMs' | 'isolationResponseDelayMs' | 'icmpPingTimeoutMs'>;
+  timing: Pick<Timing, 'slaveIsolationMs' | 'masterIsolationMs' | 'isolationResponseDelayMs' | 'icmpPingTimeoutMs' | 'heartbeatIntervalMs'>;
 }
 
 export type IsolationOutput =
@@ -102,7 +102,8 @@ export class IsolationMonitor {
     }
     // Ping from (threshold - ping timeout), so that a verdict exists at the threshold; then one
     // round after another while the silence lasts (an isolated host keeps trying).
-    if (this.opts.hasAddresses && silent >= Math.max(0, threshold - pingMs)) {
+    // Never before two heartbeat intervals of silence: a host that hears its peers must not ping.
+    if (this.opts.hasAddresses && silent >= Math.max(2 * this.opts.timing.heartbeatIntervalMs, threshold - pingMs)) {
       if (!this.round || (this.round.replied !== null && now - this.round.startedAt >= pingMs) || now - this.round.startedAt >= 2 * pingMs) {
         this.round = { startedAt: now, replied: null };
         out.push({ type: 'pingIsolation', timeoutMs: pingMs });

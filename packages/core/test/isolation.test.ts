@@ -170,3 +170,20 @@ describe('isolation (SPEC §3.4)', () => {
     expect(released.sort()).toEqual(['ds1', 'ds2']);
   });
 });
+
+describe('isolation pings cost nothing while traffic flows', () => {
+  it('a master that hears its slaves never pings its isolation addresses (even with masterIsolationMs <= icmpPingTimeoutMs)', () => {
+    expect(T.masterIsolationMs).toBeLessThanOrEqual(T.icmpPingTimeoutMs); // the case that once pinged forever
+    const h = new Harness({ self: 'host-3', response: 'leavePoweredOn' });
+    h.connected = false;
+    h.pingReply = true;
+    h.run(T.electionWindowMs + 500);
+    expect(h.role()).toBe('master');
+    const from = h.now;
+    for (let i = 0; i < 100; i++) {
+      h.run(h.now + T.heartbeatIntervalMs);
+      h.feed({ type: 'message', now: h.now, from: 'host-1', msg: { type: 'slaveHeartbeat', datastores: 2, master: 'host-3', memoryMB: 0, cpus: 0 } });
+    }
+    expect(h.actions.filter((x) => x.a.type === 'pingIsolation' && x.at > from)).toEqual([]);
+  });
+});
