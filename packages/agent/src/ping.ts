@@ -8,7 +8,8 @@ export type PingOutcome = 'replied' | 'silent' | 'unavailable';
 
 function pingOnce(address: string, waitS: number): Promise<PingOutcome> {
   return new Promise((resolve) => {
-    execFile('ping', ['-n', '-c', '1', '-W', String(waitS), address], { timeout: (waitS + 2) * 1000 }, (err) => {
+    // iputils-ping takes a fractional wait (-W 0.3): short rounds fit the fast profile's timings.
+    execFile('ping', ['-n', '-c', '1', '-W', waitS.toFixed(1), address], { timeout: (waitS + 2) * 1000 }, (err) => {
       if (!err) return resolve('replied');
       const e = err as NodeJS.ErrnoException & { code?: string | number };
       resolve(e.code === 'ENOENT' ? 'unavailable' : 'silent');
@@ -21,7 +22,7 @@ export async function pingFor(address: string, timeoutMs: number): Promise<PingO
   for (;;) {
     const left = end - Date.now();
     if (left <= 0) return 'silent';
-    const r = await pingOnce(address, Math.max(1, Math.min(1, Math.floor(left / 1000))));
+    const r = await pingOnce(address, Math.max(0.1, Math.min(1, left / 1000)));
     if (r !== 'silent') return r;
     if (Date.now() >= end) return 'silent';
   }

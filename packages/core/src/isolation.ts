@@ -103,10 +103,15 @@ export class IsolationMonitor {
     // Ping from (threshold - ping timeout), so that a verdict exists at the threshold; then one
     // round after another while the silence lasts (an isolated host keeps trying).
     // Never before two heartbeat intervals of silence: a host that hears its peers must not ping.
-    if (this.opts.hasAddresses && silent >= Math.max(2 * this.opts.timing.heartbeatIntervalMs, threshold - pingMs)) {
-      if (!this.round || (this.round.replied !== null && now - this.round.startedAt >= pingMs) || now - this.round.startedAt >= 2 * pingMs) {
+    // A round lasts at most icmpPingTimeoutMs, and is cut shorter when that is what it takes to
+    // have a verdict at the threshold (a master: FDM's T+5 s with 5 s pings, starting at T+2 s).
+    const hb = this.opts.timing.heartbeatIntervalMs;
+    const start = Math.max(2 * hb, threshold - pingMs);
+    const roundMs = Math.min(pingMs, Math.max(hb, threshold - start));
+    if (this.opts.hasAddresses && silent >= start) {
+      if (!this.round || (this.round.replied !== null && now - this.round.startedAt >= roundMs) || now - this.round.startedAt >= 2 * pingMs) {
         this.round = { startedAt: now, replied: null };
-        out.push({ type: 'pingIsolation', timeoutMs: pingMs });
+        out.push({ type: 'pingIsolation', timeoutMs: roundMs });
       }
     }
     return out;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { FAST_TIMING } from '@vigil/config';
-import { HostCore, type CoreAction, type CoreEvent, type LeaseRecordView } from '@vigil/core';
+import { DEFAULT_TIMING, FAST_TIMING } from '@vigil/config';
+import { HostCore, IsolationMonitor, type CoreAction, type CoreEvent, type LeaseRecordView } from '@vigil/core';
 
 const T = FAST_TIMING;
 const hosts = {
@@ -185,5 +185,31 @@ describe('isolation pings cost nothing while traffic flows', () => {
       h.feed({ type: 'message', now: h.now, from: 'host-1', msg: { type: 'slaveHeartbeat', datastores: 2, master: 'host-3', memoryMB: 0, cpus: 0 } });
     }
     expect(h.actions.filter((x) => x.a.type === 'pingIsolation' && x.at > from)).toEqual([]);
+  });
+});
+
+describe('FDM timeline under the default profile (IsolationMonitor alone)', () => {
+  /** Silence from t=0 (last traffic); every ping round ends with no reply after its timeout. */
+  function isolatedAt(role: 'master' | 'slave'): number | null {
+    const m = new IsolationMonitor({ clusterSize: 4, hasAddresses: true, timing: DEFAULT_TIMING });
+    if (role === 'master') m.role('master', -60_000);
+    m.heard(0, 'host-2');
+    let pingEndsAt: number | null = null;
+    for (let now = 0; now <= 60_000; now += 250) {
+      if (pingEndsAt !== null && now >= pingEndsAt) {
+        pingEndsAt = null;
+        m.pingResult(now, false);
+      }
+      for (const o of m.tick(now, role)) {
+        if (o.type === 'pingIsolation') pingEndsAt = now + o.timeoutMs;
+        if (o.type === 'isolate') return now;
+      }
+    }
+    return null;
+  }
+
+  it('a slave is isolated at T+30 s, a master at T+5 s', () => {
+    expect(isolatedAt('slave')).toBe(DEFAULT_TIMING.slaveIsolationMs);
+    expect(isolatedAt('master')).toBe(DEFAULT_TIMING.masterIsolationMs);
   });
 });
