@@ -484,7 +484,9 @@ export class Lab {
       const pids = Object.entries(s.pids).filter(([, pid]) => this.alive(pid));
       for (const [, pid] of pids) this.signalGroup(pid, 'SIGTERM');
       // VMs are not stopped by an agent's SIGTERM (they outlive it, under their VM daemon): power them off too.
-      for (const h of s.hosts) for (const g of this.markedProcesses(h)) this.signalGroup(g, 'SIGKILL');
+      // (Not the agents themselves, which carry the marker too: they get their grace period.)
+      const agents = new Set(pids.map(([, pid]) => pid));
+      for (const h of s.hosts) for (const g of this.markedProcesses(h)) if (!agents.has(g)) this.signalGroup(g, 'SIGKILL');
       const deadline = Date.now() + (opts.graceMs ?? 5000);
       while (pids.some(([, pid]) => this.alive(pid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
       for (const [host, pid] of pids) {
