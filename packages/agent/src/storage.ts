@@ -214,6 +214,12 @@ export class StorageRuntime {
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') error = `${file}: ${describeError(err)}`;
       }
       if (error) this.logger.log('error', 'storage.corrupt', `cannot use ${file}: ${error}; it will be rewritten`, { file, datastore: ds });
+      // The self-fence deadline may have passed while the list was read (slow storage): the loss
+      // was reported then, so the core must not be told now that it holds the lease.
+      if (this.plLeases.get(ds) !== lease || !this.keeper.valid(plKey(ds))) {
+        this.opts.feed({ type: 'protectedlistAcquireFailed', now: this.clock.now(), datastore: ds, error: `lost the protectedlist of ${ds} again while reading it (storage too slow)` });
+        return;
+      }
       this.opts.feed({ type: 'protectedlistAcquired', now: this.clock.now(), datastore: ds, generation: h.generation, vms, ...(error ? { error } : {}) });
       await this.readRestartQueue(ds);
     } catch (err) {

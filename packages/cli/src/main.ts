@@ -10,6 +10,7 @@ import { registerLab } from './commands/lab.js';
 import { registerVm } from './commands/vm.js';
 import { registerHost } from './commands/host.js';
 import { registerDatastore } from './commands/datastore.js';
+import { registerSim } from './commands/sim.js';
 import { CliError, EXIT_FAILURE, EXIT_USAGE } from './errors.js';
 
 export function buildProgram(): Command {
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerHost(program);
   registerLab(program);
   registerDatastore(program);
+  registerSim(program);
   for (const c of program.commands) c.exitOverride();
   return program;
 }

@@ -109,7 +109,7 @@ export class HostCore {
         break;
       case 'protectedlistWritten':
         out.push(...this.ownership.step(ev));
-        if (master) out.push(...this.translate(ev.error ? this.vms.commitFailed(ev.datastore, ev.error, ev.now) : this.vms.committed(ev.datastore, ev.vms)));
+        if (master) out.push(...this.translate(ev.error ? this.vms.commitFailed(ev.datastore, ev.error, ev.now) : this.vms.committed(ev.datastore, ev.vms, ev.now)));
         break;
       case 'heartbeatLost':
         out.push({ type: 'log', level: 'warn', event: 'heartbeat.lost', message: `own storage heartbeat on ${ev.datastore} lost: ${ev.reason}`, fields: { datastore: ev.datastore, reason: ev.reason } });

@@ -445,6 +445,9 @@ export class VmManager {
       if (!host || !h || (h.state !== 'connected' && h.state !== 'self') || h.silentForMs >= this.opts.timing.storageWatchAfterMs) out.add(vm);
     }
     for (const [vm, t] of this.tracks) if (t.wantRestart || t.pending) out.add(vm);
+    // A VM that runs nowhere as far as this master knows, whose lease was last seen held: read it
+    // again (it was likely released since; `vm start` must not be refused on a stale view).
+    for (const [vm, rec] of this.leaseViews) if (rec?.state === 'held' && !this.running.has(vm) && this.catalog.has(vm)) out.add(vm);
     return [...out].sort();
   }
 
@@ -564,6 +567,7 @@ export class VmManager {
           this.reply(cmd.req, true, `${vm} runs on ${host} and is protected`);
         }
       }
+      this.stopAfterPowerOn(vm, host, true, now);
       return this.out;
     }
     t.lastError = error;
@@ -587,17 +591,37 @@ export class VmManager {
       this.commands.delete(cmd.req);
       this.reply(cmd.req, false, `${vm} could not start on ${host}: ${error}`);
     }
+    this.stopAfterPowerOn(vm, host, false, now);
     return this.out;
+  }
+
+  /**
+   * A `vm stop` that came while a power-on of the VM was in flight waited for it (onCommitted):
+   * the VM runs now, so stop it; or it did not start, so answer. (Else the stop would be answered
+   * "not running" and the power-on would then start an unprotected VM.)
+   */
+  private stopAfterPowerOn(vm: string, host: HostId, started: boolean, now: number): void {
+    const c = [...this.commands.values()].find((x) => x.cmd.op === 'stop' && x.cmd.vm === vm && x.stage === 'committing');
+    if (!c || this.protectedSet.has(vm)) return;
+    if (!started) {
+      this.commands.delete(c.req);
+      this.reply(c.req, true, `${vm} is unprotected and was not running`);
+      return;
+    }
+    c.stage = 'stopping';
+    const req = this.nextReq++;
+    this.track(vm).pending = { host, req, since: now, kind: 'stop' };
+    this.out.push({ type: 'vmPowerOff', host, vm, req, graceful: true, timeoutMs: this.stopTimeoutMs });
   }
 
   /** The protectedlist of a datastore now holds exactly `vms` on disk. */
-  committed(datastore: string, vms: string[]): CoreAction[] {
+  committed(datastore: string, vms: string[], now?: number): CoreAction[] {
     this.out = [];
-    this.onCommitted(datastore, vms);
+    this.onCommitted(datastore, vms, now);
     return this.out;
   }
 
-  private onCommitted(datastore: string, vms: string[]): void {
+  private onCommitted(datastore: string, vms: string[], now?: number): void {
     const onDisk = new Set(vms);
     for (const c of [...this.commands.values()]) {
       if (c.stage !== 'committing' || vmDatastore(c.cmd.vm) !== datastore) continue;
@@ -609,7 +633,21 @@ export class VmManager {
       } else {
         if (onDisk.has(vm)) continue;
         if (c.cmd.op === 'stop') {
-          const host = this.running.get(vm);
+          let host = this.running.get(vm);
+          const inFlight = this.tracks.get(vm)?.pending;
+          // A power-on in flight (a restart: it runs nowhere, or its last host is dead) may still
+          // start it: wait for its outcome (result()), rather than answer "not running" now.
+          if ((inFlight?.kind === 'restart' || inFlight?.kind === 'start') && (!host || this.hostStates.get(host) === 'dead')) continue;
+          // No poweron file read so far lists it, but its lease is renewed: it runs on the holder.
+          const holder = this.leaseHolders.get(vm);
+          if (!host && holder && now !== undefined && this.leaseStateOf(vm, now) === 'alive') {
+            if (!this.isLive(holder)) {
+              this.commands.delete(c.req);
+              this.reply(c.req, false, `${vm} is unprotected, but it runs on ${holder} (its lease is renewed), which this master cannot reach; retry when it is back`);
+              continue;
+            }
+            host = holder;
+          }
           if (!host) {
             this.commands.delete(c.req);
             this.reply(c.req, true, `${vm} is unprotected and was not running`);
@@ -656,6 +694,12 @@ export class VmManager {
       this.reply(req, false, `this master does not hold the protectedlist of ${ds} (yet); retry shortly`);
       return this.out;
     }
+    // Where VMs run is known only once every host's poweron file was read (inventoryScanned):
+    // before that a new master would take a running VM for stopped.
+    if ((cmd.op === 'start' || cmd.op === 'stop') && !this.inventoryReady) {
+      this.reply(req, false, `this master has not read every host's files yet (it was elected a moment ago); retry shortly`);
+      return this.out;
+    }
     const t = this.track(vm);
     const pc: PendingCommand = { req, cmd, stage: 'committing', since: now };
     switch (cmd.op) {
@@ -673,7 +717,7 @@ export class VmManager {
         t.wantRestart = null;
         this.commands.set(req, pc);
         this.out.push(...this.setProtection(vm, false));
-        if (!this.out.some((a) => a.type === 'setProtection')) this.onCommitted(ds, [...this.protectedSet].filter((v) => vmDatastore(v) === ds));
+        if (!this.out.some((a) => a.type === 'setProtection')) this.onCommitted(ds, [...this.protectedSet].filter((v) => vmDatastore(v) === ds), now);
         return this.out;
       case 'start': {
         const spec = this.catalog.get(vm);

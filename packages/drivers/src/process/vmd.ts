@@ -724,9 +724,11 @@ export class Vmd {
     // A takeover is allowed only of the exact state the master saw unchanged for the lease timeout.
     const t = own ? null : parseTakeover(takeover);
     const judged = r && t && r.host === t.record.host && r.generation === t.record.generation && r.token === t.record.token && r.counter === t.record.counter ? { ...r, maxClaim: t.maxClaim } : undefined;
-    if (r && t && judged && r.hostLease !== undefined) {
+    if (r && t && judged && r.state === 'held' && r.hostLease !== undefined) {
       // The VM lease lives by its holder's host VM lease: that must still be exactly as judged
       // (not renewed since), or at another generation than the one the VM lease is held under.
+      // (A released record lives by nothing: one left behind a stray claim, by an acquisition
+      // that failed half-way, is taken over as judged whatever its old holder's host lease does.)
       const h = await hostVmLease({ datastorePath: dsPath, cluster: this.a.cluster, host: r.host, timeoutMs: this.a.timing.storageCallTimeoutMs }).read();
       if (h.error) throw new LeaseError(`host VM lease of ${r.host}: ${h.error}; not taking over`, 'ECHANGED');
       const cur = h.record;
