@@ -9,7 +9,7 @@ export type PingOutcome = 'replied' | 'silent' | 'unavailable';
 function pingOnce(address: string, waitS: number): Promise<PingOutcome> {
   return new Promise((resolve) => {
     // iputils-ping takes a fractional wait (-W 0.3): short rounds fit the fast profile's timings.
-    execFile('ping', ['-n', '-c', '1', '-W', waitS.toFixed(1), address], { timeout: (waitS + 2) * 1000 }, (err) => {
+    execFile('ping', ['-n', '-c', '1', '-W', waitS.toFixed(1), address], { timeout: Math.ceil((waitS + 2) * 1000) }, (err) => {
       if (!err) return resolve('replied');
       const e = err as NodeJS.ErrnoException & { code?: string | number };
       resolve(e.code === 'ENOENT' ? 'unavailable' : 'silent');
