@@ -211,7 +211,15 @@ export class StorageRuntime {
         if (p.ok) vms = p.value.vms;
         else error = `${file}: ${p.error}`;
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') error = `${file}: ${describeError(err)}`;
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+          // Not knowing what is protected is not the same as nothing being protected: an
+          // unreadable list (timeout, I/O error) must not be rewritten empty. Give the lease back
+          // and try again later. (A list read and found corrupt is rewritten, below.)
+          this.plLeases.delete(ds);
+          await this.keeper.release(plKey(ds)).catch(() => {});
+          this.opts.feed({ type: 'protectedlistAcquireFailed', now: this.clock.now(), datastore: ds, error: `cannot read ${file}: ${describeError(err)}` });
+          return;
+        }
       }
       if (error) this.logger.log('error', 'storage.corrupt', `cannot use ${file}: ${error}; it will be rewritten`, { file, datastore: ds });
       // The self-fence deadline may have passed while the list was read (slow storage): the loss

@@ -182,8 +182,16 @@ export class AgentStorage {
       this.env.leasesChanged();
       let vms: string[] | null = null;
       const r = yield* attempt(io({ kind: 'io', ds, what: 'read protectedlist', timeoutMs: this.t, apply: (d) => (d ? d.protectedlist : null) }));
-      if (r.ok && r.value) vms = [...r.value.vms];
-      const error = r.ok ? undefined : `protectedlist: ${describe(r.error)}`;
+      if (!r.ok) {
+        // An unreadable list must not be rewritten empty: give the lease back, try again later.
+        this.plLeases.delete(ds);
+        this.env.leasesChanged();
+        yield* attempt(this.keeper.release(plKey(ds)));
+        this.env.feed({ type: 'protectedlistAcquireFailed', now: this.env.proc.now(), datastore: ds, error: `cannot read protectedlist: ${describe(r.error)}` });
+        return;
+      }
+      if (r.value) vms = [...r.value.vms];
+      const error: string | undefined = undefined;
       // The self-fence deadline may have passed while the list was read: the loss was reported then.
       if (this.plLeases.get(ds) !== lease || !this.keeper.valid(plKey(ds))) {
         this.env.feed({ type: 'protectedlistAcquireFailed', now: this.env.proc.now(), datastore: ds, error: `lost the protectedlist of ${ds} again while reading it (storage too slow)` });

@@ -213,10 +213,10 @@ export class World implements HostServices {
   }
 
   /**
-   * pingFor (packages/agent/src/ping.ts): `ping -c 1 -W 1` again and again until a reply or the
-   * timeout, on the pinging process's clock. A reply comes back after a round trip; without one
-   * the answer comes once the last one-second attempt has ended, so never before the timeout
-   * (for a timeout under a second, after that second). `reachable` is evaluated at each attempt.
+   * pingFor (packages/agent/src/ping.ts): `ping -c 1 -W <wait>` again and again, each waiting
+   * min(1 s, what is left) (at least 0.1 s), until a reply or the timeout, on the pinging
+   * process's clock. A reply comes back after a round trip; without one the answer comes when the
+   * last attempt ends, at about the timeout. `reachable` is evaluated at each attempt.
    */
   private ping(from: HostId, timeoutMs: number, reachable: () => boolean, done: (replied: boolean) => void, proc: Process): void {
     let finished = false;
@@ -225,19 +225,17 @@ export class World implements HostServices {
       finished = true;
       if (proc.alive) done(replied);
     };
-    const attempts = Math.max(1, Math.ceil(timeoutMs / 1000));
-    const attempt = (k: number) => {
-      proc.after(k === 0 ? 0 : 1000, () => {
-        if (finished) return;
-        if (this.hosts.get(from)?.powered && reachable()) {
-          this.sched.after(2 * this.network.delay(this.netRng), () => finish(true));
-          return;
-        }
-        if (k + 1 < attempts) attempt(k + 1);
-        else proc.after(1000 + this.netRng.int(0, 20), () => finish(false));
-      });
+    const attempt = (elapsed: number) => {
+      if (finished) return;
+      if (this.hosts.get(from)?.powered && reachable()) {
+        this.sched.after(2 * this.network.delay(this.netRng), () => finish(true));
+        return;
+      }
+      const wait = Math.max(100, Math.min(1000, timeoutMs - elapsed));
+      if (elapsed + wait >= timeoutMs) proc.after(wait + this.netRng.int(0, 20), () => finish(false));
+      else proc.after(wait, () => attempt(elapsed + wait));
     };
-    attempt(0);
+    proc.soon(() => attempt(0));
   }
 
   // ---- faults and operations ----------------------------------------------------------------
