@@ -12,8 +12,8 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { RESTART_PRIORITIES, type IsolationResponseSetting, type RestartPriority, type VmSpec } from '../types.js';
-import { VM_NAME_RE, VmConfigError } from '../process/spec.js';
+import { type IsolationResponseSetting, type RestartPriority, type VmSpec } from '../types.js';
+import { VM_NAME_RE, VmConfigError, validateHaSettings } from '../process/spec.js';
 import { DomainXmlError, parseDomainXml, type DomainInfo } from './domain-xml.js';
 
 export interface LibvirtVmConfig {
@@ -54,10 +54,7 @@ export function validateLibvirtVm(v: unknown, source: string): LibvirtVmConfig {
   if (typeof o.domainXml !== 'string' || !XML_PATH_RE.test(o.domainXml) || o.domainXml.split('/').some((s) => s === '.' || s === '..') || o.domainXml.length > 512) {
     fail('domainXml', 'must be the path of the domain XML relative to this file\'s directory, ending in .xml (A-Z a-z 0-9 . _ - and /, no ..)');
   }
-  const prio = o.restartPriority ?? 'medium';
-  if (typeof prio !== 'string' || !(RESTART_PRIORITIES as readonly string[]).includes(prio)) fail('restartPriority', `must be one of ${RESTART_PRIORITIES.join(', ')}`);
-  const iso = o.isolationResponse;
-  if (iso !== undefined && iso !== 'leavePoweredOn' && iso !== 'powerOff' && iso !== 'shutdown') fail('isolationResponse', 'must be leavePoweredOn, powerOff or shutdown');
+  const { restartPriority: prio, isolationResponse: iso } = validateHaSettings(o, fail);
   return {
     name: o.name as string,
     domainXml: o.domainXml as string,

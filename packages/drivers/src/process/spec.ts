@@ -22,6 +22,18 @@ const MAX_BYTES = 64 * 1024;
 
 export class VmConfigError extends Error {}
 
+/**
+ * The HA settings every VM file has, whatever its driver: `restartPriority` (default medium) and
+ * an optional `isolationResponse`. `fail` throws, naming the key.
+ */
+export function validateHaSettings(o: Record<string, unknown>, fail: (key: string, problem: string) => never): { restartPriority: RestartPriority; isolationResponse: IsolationResponseSetting | undefined } {
+  const prio = o.restartPriority ?? 'medium';
+  if (typeof prio !== 'string' || !(RESTART_PRIORITIES as readonly string[]).includes(prio)) fail('restartPriority', `must be one of ${RESTART_PRIORITIES.join(', ')}`);
+  const iso = o.isolationResponse;
+  if (iso !== undefined && iso !== 'leavePoweredOn' && iso !== 'powerOff' && iso !== 'shutdown') fail('isolationResponse', 'must be leavePoweredOn, powerOff or shutdown');
+  return { restartPriority: prio as RestartPriority, isolationResponse: iso as IsolationResponseSetting | undefined };
+}
+
 /** Validate parsed JSON; every problem names its key. */
 export function validateProcessVm(v: unknown, source: string): ProcessVmConfig {
   const fail = (key: string, problem: string): never => {
@@ -43,10 +55,7 @@ export function validateProcessVm(v: unknown, source: string): ProcessVmConfig {
   };
   const memoryMB = int('memoryMB', 128, 16 * 1024 * 1024);
   const cpus = int('cpus', 1, 1024);
-  const prio = o.restartPriority ?? 'medium';
-  if (typeof prio !== 'string' || !(RESTART_PRIORITIES as readonly string[]).includes(prio)) fail('restartPriority', `must be one of ${RESTART_PRIORITIES.join(', ')}`);
-  const iso = o.isolationResponse;
-  if (iso !== undefined && iso !== 'leavePoweredOn' && iso !== 'powerOff' && iso !== 'shutdown') fail('isolationResponse', 'must be leavePoweredOn, powerOff or shutdown');
+  const { restartPriority: prio, isolationResponse: iso } = validateHaSettings(o, fail);
   return {
     name: o.name as string,
     command: o.command as string,
