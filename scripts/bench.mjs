@@ -3,7 +3,7 @@
 // on loopback. Prints the figures and the command to reproduce them; docs/performance.md keeps
 // the results. Options: --quick (fast profile, 4 x 40 only), --runs N (power cuts per case),
 // --no-large (skip the 16 hosts x 800 VMs cases), --writes (storage writes per host instead:
-// scripts/bench-writes.mjs).
+// scripts/bench-writes.mjs), --case TEXT (only the cases whose name contains TEXT).
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -18,6 +18,9 @@ if (args.includes('--writes')) {
 }
 const quick = args.includes('--quick');
 const large = !args.includes('--no-large') && !quick;
+const caseArg = args.indexOf('--case');
+/** `--case TEXT`: run only the cases whose name contains TEXT (e.g. "default 4x40 slave"). */
+const CASE = caseArg >= 0 ? String(args[caseArg + 1]) : null;
 const runsArg = args.indexOf('--runs');
 const RUNS = runsArg >= 0 ? Number(args[runsArg + 1]) : 3;
 const PORT = 58182;
@@ -124,11 +127,12 @@ async function main() {
         ]),
   ];
   const rows = [];
-  for (const c of cases) {
+  const caseName = (c) => `${c.profile} ${c.hosts}x${c.count} ${c.masterCut ? 'master' : 'slave'} cut`;
+  for (const c of cases.filter((c) => CASE === null || caseName(c).includes(CASE))) {
     const results = [];
     for (let i = 0; i < (c.profile === 'default' || c.count > 100 ? 1 : RUNS); i++) results.push(await scenario(c));
     const row = {
-      case: `${c.profile} ${c.hosts}x${c.count} ${c.masterCut ? 'master' : 'slave'} cut`,
+      case: caseName(c),
       runs: results.length,
       vmsLost: median(results.map((r) => r.vms)),
       detected: median(results.map((r) => r.detect)),
