@@ -56,7 +56,7 @@ describe('validateConfig defaults', () => {
     expect(c.driver).toEqual({ type: 'process' });
     expect(c.profile).toBe('default');
     expect(c.log).toEqual({ level: 'info', format: 'json' });
-    expect(c.restart).toEqual({ maxConcurrentPerHost: 32, maxAttempts: 5 });
+    expect(c.restart).toEqual({ maxConcurrentPerHost: 32, maxAttempts: 5, nextPriorityWhen: 'allocated' });
     expect(c.heartbeatDatastores).toBeNull();
     expect(c.isolationAddresses).toEqual([]);
     expect(c.hosts['host-1']!.datastores).toEqual(['ds1', 'ds2']); // every datastore when not listed

@@ -588,6 +588,7 @@ export class Agent {
       await rename(tmp, file);
     } catch (err) {
       this.logger.log('warn', 'state.write-failed', `cannot write ${file}: ${(err as Error).message}`, { file });
+      nextPriorityWhen: this.config.restart.nextPriorityWhen,
     }
   }
 }

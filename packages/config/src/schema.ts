@@ -61,8 +61,9 @@ export const configSchema = z.strictObject({
     .strictObject({
       maxConcurrentPerHost: z.number().int().min(1).max(1024).default(32),
       maxAttempts: z.number().int().min(1).max(11).default(5),
+      nextPriorityWhen: z.enum(['allocated', 'poweredOn']).default('allocated'),
     })
-    .default({ maxConcurrentPerHost: 32, maxAttempts: 5 }),
+    .default({ maxConcurrentPerHost: 32, maxAttempts: 5, nextPriorityWhen: 'allocated' }),
   log: z
     .strictObject({
       level: z.enum(['error', 'warn', 'info', 'debug']).default('info'),

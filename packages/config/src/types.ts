@@ -39,7 +39,16 @@ export interface ClusterConfig {
   driver: DriverConfig;
   profile: ProfileName;
   timing: Timing;
-  restart: { maxConcurrentPerHost: number; maxAttempts: number };
+  restart: {
+    maxConcurrentPerHost: number;
+    maxAttempts: number;
+    /**
+     * When lower-priority restarts may begin (vSphere 6.5+ "start next priority VMs when"):
+     * `allocated` (its default, "resources allocated"): as soon as every higher-priority VM that
+     * can be restarted has been placed and its power-on sent; `poweredOn`: only once they run.
+     */
+    nextPriorityWhen: 'allocated' | 'poweredOn';
+  };
   log: { level: 'error' | 'warn' | 'info' | 'debug'; format: 'json' | 'text' };
 }
 

@@ -34,6 +34,8 @@ export interface HostCoreOptions {
   capacity?: { memoryMB: number; cpus: number };
   maxConcurrentPerHost?: number;
   maxAttempts?: number;
+  /** When lower-priority restarts may begin (VmManagerOptions.nextPriorityWhen). Default allocated. */
+  nextPriorityWhen?: 'allocated' | 'poweredOn';
   /** The cluster's isolation response (per-VM settings override it). Default leavePoweredOn. */
   isolationResponse?: IsolationResponse;
   /** Whether this host has isolation addresses to ping. Default true. */
@@ -87,6 +89,7 @@ export class HostCore {
       timing: opts.timing,
       maxConcurrentPerHost: opts.maxConcurrentPerHost ?? 32,
       maxAttempts: opts.maxAttempts ?? 5,
+      nextPriorityWhen: opts.nextPriorityWhen ?? 'allocated',
     });
     this.isolationResponse = opts.isolationResponse ?? 'leavePoweredOn';
     this.isolation = new IsolationMonitor({ clusterSize: this.hostIds.length, hasAddresses: opts.hasIsolationAddresses ?? true, timing: opts.timing });

@@ -103,6 +103,13 @@ export interface VmManagerOptions {
   timing: Timing;
   maxConcurrentPerHost: number;
   maxAttempts: number;
+  /**
+   * Priority order of restarts. A lower-priority VM always waits while a higher-priority one's
+   * lease is still being judged (it is not placed yet). `allocated`: it then waits no longer than
+   * the pass that places the higher-priority VMs (vSphere's default "resources allocated");
+   * `poweredOn`: it also waits until their power-ons have finished.
+   */
+  nextPriorityWhen?: 'allocated' | 'poweredOn';
   /** VM monitoring: at most this many resets per vmMonitorWindowMs (FDM: 3). */
   maxResets?: number;
   /** Timeout of one power-on request (then the lease and poweron files decide). */
@@ -850,12 +857,16 @@ export class VmManager {
       candidates.push({ vm, why, spec });
     }
     candidates.sort((a, b) => PRIORITY_RANK[a.spec.priority] - PRIORITY_RANK[b.spec.priority] || (a.vm < b.vm ? -1 : 1));
-    // Priority order: while a higher-priority VM's lease is still being judged, or its restart
-    // is in flight, lower-priority VMs wait (FDM: a pending high-priority power-on blocks lower ones).
-    for (const [vm, t] of this.tracks) {
-      if (t.pending?.kind !== 'restart') continue;
-      const p = this.catalog.get(vm)?.priority;
-      if (p) judging = Math.min(judging, PRIORITY_RANK[p]);
+    // Priority order: while a higher-priority VM's lease is still being judged, lower-priority VMs
+    // wait; with nextPriorityWhen 'poweredOn' they also wait while its restart is in flight.
+    // Candidates are placed in priority order, so higher-priority VMs get capacity first.
+    const untilPoweredOn = this.opts.nextPriorityWhen === 'poweredOn';
+    if (untilPoweredOn) {
+      for (const [vm, t] of this.tracks) {
+        if (t.pending?.kind !== 'restart') continue;
+        const p = this.catalog.get(vm)?.priority;
+        if (p) judging = Math.min(judging, PRIORITY_RANK[p]);
+      }
     }
     while (candidates.length > 0 && PRIORITY_RANK[candidates[candidates.length - 1]!.spec.priority] > judging) {
       const c = candidates.pop()!;
@@ -877,7 +888,7 @@ export class VmManager {
       t.wantRestart = c.why;
       t.waitingLogged = null;
       inflight.set(host, (inflight.get(host) ?? 0) + 1);
-      judging = Math.min(judging, PRIORITY_RANK[c.spec.priority]);
+      if (untilPoweredOn) judging = Math.min(judging, PRIORITY_RANK[c.spec.priority]);
       this.log('info', 'vm.restarting', `restarting ${c.vm} on ${host}: ${c.why} (priority ${c.spec.priority})`, { vm: c.vm, host, reason: c.why, priority: c.spec.priority, attempt: t.attempts + 1 });
       this.out.push({ type: 'vmPowerOn', host, vm: c.vm, req, takeover: this.takeoverOf(c.vm, now) });
     }

@@ -70,3 +70,61 @@ describe('VmManager and a poweron file read just before the host rewrote it', ()
     expect(m.view(400 + 60_000).find((v) => v.id === vm)?.host).toBeNull();
   });
 });
+
+describe('VmManager restart priority order (restart.nextPriorityWhen)', () => {
+  /** Two VMs on host-1 (high and low priority); host-1 fenced both; their leases are released. */
+  function twoVms(nextPriorityWhen: 'allocated' | 'poweredOn', hiLeaseJudged = true) {
+    const hi = 'ds1:vms/hi.json';
+    const lo = 'ds1:vms/lo.json';
+    const m = new VmManager({ self: 'host-3', timing: FAST_TIMING, maxConcurrentPerHost: 32, maxAttempts: 5, nextPriorityWhen });
+    m.setCatalog('ds1', [
+      { id: lo, name: 'lo', memoryMB: 256, cpus: 1, priority: 'low' },
+      { id: hi, name: 'hi', memoryMB: 256, cpus: 1, priority: 'high' },
+    ]);
+    m.setProtected(new Map([['ds1', [hi, lo]]]), ['ds1']);
+    m.setHostVms('host-1', [hi, lo]);
+    m.setHostVms('host-2', []);
+    m.markInventoryReady();
+    const hosts = new Map([
+      ['host-1', host('host-1', 64_000)],
+      ['host-2', host('host-2', 8_000)],
+      ['host-3', { ...host('host-3', 4_000), state: 'self' as const }],
+    ]);
+    m.tick(0, hosts);
+    for (const vm of [hi, lo]) {
+      m.vmStopped('host-1', vm, 'fenced', 100);
+      if (vm === hi && !hiLeaseJudged) {
+        // Seen held once, just now: not judged until it has stayed unchanged for a lease timeout.
+        m.leaseSample(vm, { host: 'host-1', generation: 1, counter: 1, token: 'abcdef0123', state: 'held' }, true, 1, 100);
+      } else {
+        m.leaseSample(vm, { host: 'host-1', generation: 1, counter: 1, token: 'abcdef0123', state: 'released' }, false, 1, 100);
+      }
+    }
+    return { m, hosts, hi, lo };
+  }
+
+  it('allocated (default): the low-priority VM is placed in the same pass, after the high-priority one', () => {
+    const { m, hosts, hi, lo } = twoVms('allocated');
+    expect(powerOns(m.tick(200, hosts)).map((a) => a.vm)).toEqual([hi, lo]);
+  });
+
+  it('poweredOn: the low-priority VM waits until the high-priority one has started', () => {
+    const { m, hosts, hi, lo } = twoVms('poweredOn');
+    const first = powerOns(m.tick(200, hosts));
+    expect(first.map((a) => a.vm)).toEqual([hi]);
+    expect(powerOns(m.tick(300, hosts))).toEqual([]);
+    m.result(hi, first[0]!.host, first[0]!.req, true, false, '', 350);
+    expect(powerOns(m.tick(400, hosts)).map((a) => a.vm)).toEqual([lo]);
+  });
+
+  it('either way, a low-priority VM waits while a high-priority VM\'s lease is still being judged', () => {
+    for (const mode of ['allocated', 'poweredOn'] as const) {
+      const { m, hosts, hi, lo } = twoVms(mode, false);
+      expect(powerOns(m.tick(200, hosts))).toEqual([]);
+      // Once the lease has stayed unchanged for a lease timeout, both go (high first).
+      const t = 100 + FAST_TIMING.leaseTimeoutMs + 50;
+      m.leaseSample(hi, { host: 'host-1', generation: 1, counter: 1, token: 'abcdef0123', state: 'held' }, true, 1, t);
+      expect(powerOns(m.tick(t, hosts)).map((a) => a.vm)).toEqual(mode === 'allocated' ? [hi, lo] : [hi]);
+    }
+  });
+});

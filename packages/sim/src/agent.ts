@@ -26,6 +26,7 @@ export interface AgentEnv {
   isolationResponse: IsolationResponse;
   maxConcurrentPerHost: number;
   maxAttempts: number;
+  nextPriorityWhen: 'allocated' | 'poweredOn';
   proc: Process;
   hypervisor: SimHypervisor;
   /** From the host's state.json. */
@@ -76,6 +77,7 @@ export class SimAgent {
       capacity: env.hypervisor.capacity(),
       maxConcurrentPerHost: env.maxConcurrentPerHost,
       maxAttempts: env.maxAttempts,
+      nextPriorityWhen: env.nextPriorityWhen,
       isolationResponse: env.isolationResponse,
       hasIsolationAddresses: true,
     });

@@ -89,6 +89,7 @@ export function runScenario(scn: Scenario, opts: RunOptions = {}): SimResult {
     vms: scn.vms,
     heartbeatDatastores: scn.heartbeatDatastores,
     isolationResponse: scn.isolationResponse,
+    nextPriorityWhen: scn.nextPriorityWhen,
     storage: scn.storage,
     watcher: scn.watcher,
     ...(opts.coreFactory ? { coreFactory: opts.coreFactory } : {}),

@@ -11,7 +11,7 @@
  *   at 20s expect all-protected-running
  *
  * Setup lines (before or between the `at` lines, order free): name, known-issue, seed, hosts, datastores,
- * host, heartbeat-datastores, vms, vm, unprotected, profile, timing, isolation-response, watcher,
+ * host, heartbeat-datastores, vms, vm, unprotected, profile, timing, isolation-response, restart-order, watcher,
  * converge-check, storage-latency, storage-slow, network, skew, drift, duration. Timed lines: `at <time> <command>` with the
  * commands of COMMAND_HELP. Errors name the line.
  */
@@ -75,6 +75,8 @@ export interface Scenario {
   /** VMs not started at setup (never protected unless a step does it). */
   unprotected: string[];
   isolationResponse: IsolationResponse;
+  /** The cluster's restart.nextPriorityWhen (`restart-order allocated|poweredOn`). */
+  nextPriorityWhen: 'allocated' | 'poweredOn';
   watcher: boolean;
   storage: StorageOptions;
   network: NetworkFaults;
@@ -169,6 +171,7 @@ export function baseScenario(): Scenario {
     vms: [],
     unprotected: [],
     isolationResponse: 'leavePoweredOn',
+    nextPriorityWhen: 'allocated',
     watcher: true,
     storage: { minLatencyMs: 1, maxLatencyMs: 4, slowCallChance: 0 },
     network: { ...CLEAN_NETWORK },
@@ -273,6 +276,11 @@ export function parseScenario(text: string, name = 'scenario'): Scenario {
         if (!ISOLATION_RESPONSE_VALUES.includes(args[0] as IsolationResponse)) throw new ScenarioError(line, `isolation-response: expected one of ${ISOLATION_RESPONSE_VALUES.join(', ')}, not ${args[0]}`);
         scn.isolationResponse = args[0] as IsolationResponse;
         break;
+      case 'restart-order':
+        need(1, 'allocated or poweredOn');
+        if (args[0] !== 'allocated' && args[0] !== 'poweredOn') throw new ScenarioError(line, `restart-order: expected allocated or poweredOn, not ${args[0]}`);
+        scn.nextPriorityWhen = args[0];
+        break;
       case 'converge-check':
         need(1, 'on or off');
         if (args[0] !== 'on' && args[0] !== 'off') throw new ScenarioError(line, `converge-check: expected on or off, not ${args[0]}`);
@@ -328,7 +336,7 @@ export function parseScenario(text: string, name = 'scenario'): Scenario {
         break;
       }
       default:
-        throw new ScenarioError(line, `unknown line "${kw}" (setup: name, known-issue, seed, hosts, datastores, host, heartbeat-datastores, vms, vm, unprotected, profile, timing, isolation-response, watcher, converge-check, storage-latency, storage-slow, network, skew, drift, duration; timed: at TIME COMMAND)`);
+        throw new ScenarioError(line, `unknown line "${kw}" (setup: name, known-issue, seed, hosts, datastores, host, heartbeat-datastores, vms, vm, unprotected, profile, timing, isolation-response, restart-order, watcher, converge-check, storage-latency, storage-slow, network, skew, drift, duration; timed: at TIME COMMAND)`);
     }
   });
   // The name: a `name` line, else the first comment, else the caller's (e.g. the file name).
@@ -693,6 +701,7 @@ export function formatScenario(scn: Scenario): string {
   }
   for (const u of scn.unprotected) out.push(`unprotected ${names.get(u) ?? u}`);
   out.push(`isolation-response ${scn.isolationResponse}`);
+  if (scn.nextPriorityWhen !== 'allocated') out.push(`restart-order ${scn.nextPriorityWhen}`);
   out.push(`watcher ${scn.watcher ? 'on' : 'off'}`);
   if (scn.autoConverge) out.push('converge-check on');
   out.push(`storage-latency ${formatDuration(scn.storage.minLatencyMs)}-${formatDuration(scn.storage.maxLatencyMs)}`);

@@ -32,6 +32,8 @@ export interface WorldOptions {
   isolationResponse?: IsolationResponse;
   maxConcurrentPerHost?: number;
   maxAttempts?: number;
+  /** restart.nextPriorityWhen (default allocated, as the config). */
+  nextPriorityWhen?: 'allocated' | 'poweredOn';
   storage?: Partial<StorageOptions>;
   /** Whether the master's file watcher sees other hosts' changes (local directories: yes; NFS: no, only the rescan). Default true. */
   watcher?: boolean;
@@ -166,6 +168,7 @@ export class World implements HostServices {
       isolationResponse: this.opts.isolationResponse ?? 'leavePoweredOn',
       maxConcurrentPerHost: this.opts.maxConcurrentPerHost ?? 32,
       maxAttempts: this.opts.maxAttempts ?? 5,
+      nextPriorityWhen: this.opts.nextPriorityWhen ?? 'allocated',
       proc,
       hypervisor,
       generation: host.generation,
