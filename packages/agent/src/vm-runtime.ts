@@ -9,6 +9,7 @@ import type { ClusterConfig } from '@vigil/config';
 import { describeError, poweredoffDir, vmLease, withTimeout, writeFileAtomic, writePoweredOff } from '@vigil/datastore';
 import { checkLibvirt, LibvirtDriver, ProcessDriver, validateLibvirtVm, validateProcessVm, VM_NAME_RE, RESTART_PRIORITIES, type Driver, type RestartPriority } from '@vigil/drivers';
 import type { Logger } from './logger.js';
+import { createLibvirtVm } from './libvirt-create.js';
 import type { Clock } from './clock.js';
 
 export interface VmRuntimeOptions {
@@ -272,13 +273,22 @@ export class VmRuntime {
 
   /** `vigil vm create`: write `<ds>/vms/<name>.json` (never overwrites). */
   async create(req: Record<string, unknown>): Promise<string> {
-    if (this.config.driver.type !== 'process') {
-      throw new Error(`vigil vm create makes process VMs; with the ${this.config.driver.type} driver, put the VM's domain XML and its JSON file in <datastore>/vms/ (see docs/libvirt.md)`);
-    }
     const ds = String(req.datastore ?? '');
     const base = this.config.datastores[ds];
     if (!base) throw new Error(`unknown datastore "${ds}" (datastores: ${Object.keys(this.config.datastores).join(', ')})`);
     if (!this.config.hosts[this.opts.host]!.datastores.includes(ds)) throw new Error(`${ds} is not mounted on ${this.opts.host}`);
+    if (this.config.driver.type === 'libvirt') {
+      // A domain XML (the operator's, or a small diskless one) and its JSON: libvirt-create.ts.
+      const made = await createLibvirtVm(req, ds, base, this.config.driver.uri, VM_DIR);
+      this.opts.logger.log('info', 'vm.created', `created libvirt VM ${String(req.name)} on ${ds}`, { vm: made.id, file: made.file, domainXml: made.xmlFile });
+      return made.id;
+    }
+    if (req.domainXml !== undefined || req.domainType !== undefined) {
+      throw new Error('--domain-xml and --domain-type make libvirt VMs; this cluster runs the process driver ("driver" in the cluster config): give the VM\'s command after --');
+    }
+    if (typeof req.command !== 'string' || req.command === '') {
+      throw new Error('a process VM needs its command: vigil vm create --datastore DS --name NAME -- COMMAND [ARGS...]');
+    }
     const body = {
       name: req.name,
       command: req.command,

@@ -50,7 +50,7 @@ describe('VmRuntime with the libvirt driver', () => {
     expect(() => runtime('qemu:///nonexistent')).toThrow(/^driver libvirt: (virsh is not installed|libvirtd does not answer on qemu:\/\/\/nonexistent)/);
   });
 
-  it.skipIf(!!skipReason)('scans libvirt VM files into the catalog, refuses vm create, and rewrites the priority', async () => {
+  it.skipIf(!!skipReason)('scans libvirt VM files into the catalog, creates one with vm create (refusing a command), and rewrites the priority', async () => {
     const vms = join(dir, 'ds1', 'vms');
     await mkdir(vms, { recursive: true });
     await writeFile(join(vms, 'db.xml'), "<domain type='kvm'><name>db</name><memory unit='GiB'>4</memory><vcpu>2</vcpu><devices><watchdog model='i6300esb' action='reset'/></devices></domain>\n");
@@ -62,7 +62,15 @@ describe('VmRuntime with the libvirt driver', () => {
     await rt.scanCatalog('ds1');
     expect(events).toEqual([{ type: 'vmCatalog', now: 0, datastore: 'ds1', vms: [{ id: 'ds1:vms/db.json', name: 'db', memoryMB: 4096, cpus: 2, priority: 'high' }] }]);
     expect(logs).toContainEqual(expect.objectContaining({ event: 'vm.config-invalid', message: expect.stringMatching(/proc\.json.*command: this is a process VM/) }));
-    await expect(rt.create({ datastore: 'ds1', name: 'x', command: 'sleep' })).rejects.toThrow(/vm create makes process VMs.*docs\/libvirt\.md/);
+    await expect(rt.create({ datastore: 'ds1', name: 'x', command: 'sleep' })).rejects.toThrow(/libvirt driver: a VM is a domain XML, not a command.*docs\/libvirt\.md/);
+    // Without a command: a diskless domain and its JSON, which the next scan reads.
+    expect(await rt.create({ datastore: 'ds1', name: 'small', memoryMB: 32, domainType: 'qemu' })).toBe('ds1:vms/small.json');
+    events.length = 0;
+    await rt.scanCatalog('ds1');
+    expect(events).toEqual([{ type: 'vmCatalog', now: 0, datastore: 'ds1', vms: [
+      { id: 'ds1:vms/db.json', name: 'db', memoryMB: 4096, cpus: 2, priority: 'high' },
+      { id: 'ds1:vms/small.json', name: 'small', memoryMB: 32, cpus: 1, priority: 'medium' },
+    ] }]);
     await rt.setPriority('ds1:vms/db.json', 'lowest');
     expect(JSON.parse(await readFile(join(vms, 'db.json'), 'utf8'))).toEqual({ name: 'db', domainXml: 'db.xml', restartPriority: 'lowest' });
     await rt.stop();

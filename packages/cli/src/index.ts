@@ -8,6 +8,7 @@ export {
   netnsLabName,
   netnsLabSubnet,
   type LabOptions,
+  type LabLibvirtState,
   type LabState,
   type LabNetnsState,
   type LabVmSpec,
@@ -15,6 +16,7 @@ export {
   type HostReport,
 } from './lab/lab.js';
 export { labPaths, labAddress, DEFAULT_LAB_DIR } from './lab/layout.js';
+export { LabLibvirt, LAB_LIBVIRT_URI, LAB_DOMAIN_MEMORY_MB, labLibvirtProblem, qemuProcesses, type LabDomainRef, type LabQemu } from './lab/libvirt.js';
 export {
   NetnsLab,
   NetnsCommandError,

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
 import { LAB_ISOLATION_RESPONSES, Lab, LabUsageError, type LabIsolationResponse } from '../lab/lab.js';
 import { DEFAULT_LAB_DIR } from '../lab/layout.js';
+import { LAB_DOMAIN_MEMORY_MB, type LabLibvirt } from '../lab/libvirt.js';
 import { CliError, EXIT_USAGE } from '../errors.js';
 import { ms, printJson, table } from '../format.js';
 
@@ -101,7 +102,7 @@ export function reportDead(l: Lab, dir: string, dead: string[]): never {
 }
 
 /** What `lab up` suggests typing next (commands that work in a checkout: `npx vigil`). */
-export function nextSteps(l: Lab, dir: string, master: string | null, netnsHosts: string[] = []): string {
+export function nextSteps(l: Lab, dir: string, master: string | null, netnsHosts: string[] = [], libvirtUri: string | null = null): string {
   const half = Math.ceil(netnsHosts.length / 2);
   const groups = `${netnsHosts.slice(0, half).join(',')}/${netnsHosts.slice(half).join(',')}`;
   const dirArg = dir === DEFAULT_LAB_DIR ? '' : ` --dir ${dir}`;
@@ -110,9 +111,12 @@ export function nextSteps(l: Lab, dir: string, master: string | null, netnsHosts
     [`npx vigil lab status${dirArg}`, 'role of every host'],
     [`npx vigil status --socket ${sock('host-1')}`, 'one host, as on a real host'],
     [`npx vigil hosts --socket ${sock(master ?? 'host-N')}`, "the master's view of every host"],
-    [`npx vigil vm create --socket ${sock('host-1')} --datastore ds1 --name web1 -- sleep 100000`, 'a process VM'],
+    libvirtUri
+      ? [`npx vigil vm create --socket ${sock('host-1')} --datastore ds1 --name web1`, 'a diskless QEMU domain (or --domain-xml FILE)']
+      : [`npx vigil vm create --socket ${sock('host-1')} --datastore ds1 --name web1 -- sleep 100000`, 'a process VM'],
     [`npx vigil vm start web1 --socket ${sock('host-1')}`, 'the master places and protects it'],
     [`npx vigil vms --socket ${sock('host-1')}`, 'every VM (any host forwards to the master)'],
+    ...(libvirtUri ? ([[`virsh -c ${libvirtUri} list`, 'the running domains: vigil-<host>-<vm>-<hash>']] as [string, string][]) : []),
     [`npx vigil lab kill host-N${dirArg}`, 'power cut: the agent and its VMs die'],
     [`npx vigil lab start host-N${dirArg}`, 'power it back on'],
     ...(netnsHosts.length > 0
@@ -146,8 +150,11 @@ export function registerLab(program: Command): void {
     .option('--no-wait', 'return once the agents are up, without waiting for the election')
     .option('--netns', 'each host in its own network namespace on a bridge (root): enables isolate, partition, one-way, heal, storage-loss, storage-heal')
     .option('--isolation-response <response>', `the cluster's isolation response: ${LAB_ISOLATION_RESPONSES.join(', ')} (default leavePoweredOn)`)
-    .action(async (opts: { hosts: number; datastores: number; vms: number; profile: string; port: number; dir: string; wait: boolean; netns?: boolean; isolationResponse?: string }) => {
+    .option('--driver <driver>', 'process (VMs are processes) or libvirt (VMs are small diskless QEMU domains of this machine\'s libvirtd, qemu:///system: see docs/libvirt.md)', 'process')
+    .option('--libvirt-uri <uri>', 'with --driver libvirt: the libvirtd of this machine to use (default qemu:///system)')
+    .action(async (opts: { hosts: number; datastores: number; vms: number; profile: string; port: number; dir: string; wait: boolean; netns?: boolean; isolationResponse?: string; driver: string; libvirtUri?: string }) => {
       if (opts.profile !== 'fast' && opts.profile !== 'default') throw new CliError(`--profile must be fast or default, not "${opts.profile}"`, EXIT_USAGE);
+      if (opts.driver !== 'process' && opts.driver !== 'libvirt') throw new CliError(`--driver must be process or libvirt, not "${opts.driver}"`, EXIT_USAGE);
       if (opts.isolationResponse !== undefined && !(LAB_ISOLATION_RESPONSES as readonly string[]).includes(opts.isolationResponse)) {
         throw new CliError(`--isolation-response must be one of ${LAB_ISOLATION_RESPONSES.join(', ')}, not "${opts.isolationResponse}"`, EXIT_USAGE);
       }
@@ -161,12 +168,15 @@ export function registerLab(program: Command): void {
           port: opts.port,
           ...(opts.netns ? { netns: true } : {}),
           ...(opts.isolationResponse ? { isolationResponse: opts.isolationResponse as LabIsolationResponse } : {}),
+          ...(opts.driver === 'libvirt' ? { driver: 'libvirt' as const } : {}),
+          ...(opts.libvirtUri !== undefined ? { libvirtUri: opts.libvirtUri } : {}),
         }),
       );
       const pids = new Map<string, number>();
       for (const id of ids) pids.set(id, await l.start(id));
       const st = await l.readState();
       process.stdout.write(`lab: started ${ids.length} agents (${ids.join(', ')}) in ${opts.dir}\n`);
+      if (st?.libvirt) process.stdout.write(`lab: driver libvirt: VMs are QEMU domains of the libvirtd on ${st.libvirt.uri}, shared by every lab host (domain names vigil-<host>-<vm>-<hash>)\n`);
       if (st?.netns) {
         const n = await l.netns();
         process.stdout.write(`lab: network namespaces ${ids.length > 1 ? `${n.nsName(ids[0]!)} ... ` : ''}${n.nsName(ids[ids.length - 1]!)} on bridge ${st.netns.prefix}-br, subnet ${st.netns.subnet}, isolation address ${n.isolationAddress()}\n`);
@@ -193,9 +203,11 @@ export function registerLab(program: Command): void {
         } else {
           const names = await l.createVms(opts.vms, { via: master });
           process.stdout.write(`lab: created, started and protected ${names.length} VM${names.length === 1 ? '' : 's'} (${names.length > 4 ? `${names.slice(0, 3).join(', ')}, ..., ${names[names.length - 1]}` : names.join(', ')})\n`);
+          const lv = await l.libvirt();
+          if (lv) process.stdout.write(libvirtReport(lv, names, `lab: their domains (diskless, ${LAB_DOMAIN_MEMORY_MB} MiB, XML in ${opts.dir}/datastores/<ds>/vms/<vm>.xml):`));
         }
       }
-      process.stdout.write(nextSteps(l, opts.dir, master, st?.netns ? ids : []));
+      process.stdout.write(nextSteps(l, opts.dir, master, st?.netns ? ids : [], st?.libvirt?.uri ?? null));
     });
 
   labCmd
@@ -217,6 +229,8 @@ export function registerLab(program: Command): void {
           ),
         ) + '\n',
       );
+      const lv = await l.libvirt();
+      if (lv) process.stdout.write(libvirtReport(lv, [...lv.vms().values()], `libvirt: ${lv.uri}, shared by the lab's hosts`));
       const info = await l.netnsInfo().catch((err: Error) => err);
       if (info instanceof Error) {
         process.stdout.write(`netns: cannot read the namespaces: ${info.message}\n`);
@@ -328,9 +342,27 @@ export function registerLab(program: Command): void {
     .option(...dirOpt)
     .option('--purge', 'also delete the lab directory')
     .action(async (opts: { dir: string; purge?: boolean }) => {
-      const stopped = await (await lab(opts.dir)).down({ purge: opts.purge ?? false });
+      const l = await lab(opts.dir);
+      const stopped = await l.down({ purge: opts.purge ?? false });
+      for (const note of l.downNotes) process.stderr.write(`lab: ${note}\n`);
       process.stdout.write(`lab: stopped ${stopped.length} agent${stopped.length === 1 ? '' : 's'}${opts.purge ? `; removed ${opts.dir}` : ''}\n`);
     });
+}
+
+/**
+ * The domains of a libvirt lab's VMs, as found in /proc: each VM with the host whose domain runs
+ * it and the QEMU pid (two lines for a VM running twice; `-` for one running nowhere).
+ */
+export function libvirtReport(lv: LabLibvirt, names: string[], title: string): string {
+  const qemus = lv.qemus();
+  const rows: string[][] = [];
+  for (const name of [...new Set(names)].sort((a, b) => a.localeCompare(b, 'en', { numeric: true }))) {
+    const mine = qemus.filter((q) => q.name === name);
+    if (mine.length === 0) rows.push([name, '-', '-', '-']);
+    for (const q of mine) rows.push([name, q.host, q.domain, String(q.pid)]);
+  }
+  const body = rows.length > 0 ? table(['VM', 'HOST', 'DOMAIN', 'QEMU PID'], rows) : '(no VMs)';
+  return `${title}\n${body.split('\n').map((l) => `  ${l}`).join('\n')}\n`;
 }
 
 /** The partition groups and one-way pairs of a netns lab, read from the comments of its nft rules. */

@@ -47,17 +47,28 @@ export function registerVm(program: Command): void {
   const vm = program.command('vm').description('create, start, stop, protect and configure VMs (handled by the master)');
 
   vm.command('create')
-    .description('write a process-driver VM config on a datastore (does not start it)')
+    .description('write a VM on a datastore (does not start it): a process VM (its command after --), or with the libvirt driver a domain XML (--domain-xml FILE, or a small diskless test domain)')
     .requiredOption('--datastore <ds>', 'datastore holding the VM')
     .requiredOption('--name <name>', 'VM name (unique on the datastore)')
-    .option('--memory <mb>', 'memory the VM needs, MB', positiveInt('--memory'), 128)
-    .option('--cpus <n>', 'vCPUs the VM needs', positiveInt('--cpus'), 1)
+    .option('--memory <mb>', 'memory the VM needs, MB (process VM: default 128; diskless libvirt domain: default 64 MiB; not with --domain-xml)', positiveInt('--memory'))
+    .option('--cpus <n>', 'vCPUs the VM needs (default 1; not with --domain-xml)', positiveInt('--cpus'))
     .option('--priority <p>', `restart priority: ${PRIORITIES.join(', ')}`, priorityArg, 'medium')
+    .option('--domain-xml <file>', `libvirt driver: the domain XML to copy to <datastore>/vms/<name>.xml (at most ${MAX_CREATE_XML_BYTES / 1024} KiB; memory and vCPUs come from it)`)
+    .option('--domain-type <type>', 'libvirt driver, without --domain-xml: kvm or qemu (TCG) for the diskless domain (default: kvm if libvirtd offers it)', domainTypeArg)
     .option(...socketOpt)
-    .argument('<command...>', 'the VM\'s command and arguments (after --)')
-    .action(async (command: string[], opts: { datastore: string; name: string; memory: number; cpus: number; priority: string; socket: string }) => {
+    .argument('[command...]', 'process driver: the VM\'s command and arguments (after --)')
+    .action(async (command: string[], opts: { datastore: string; name: string; memory?: number; cpus?: number; priority: string; domainXml?: string; domainType?: string; socket: string }) => {
       const [cmd, ...args] = command;
-      await vmOp(opts.socket, { op: 'create', datastore: opts.datastore, name: opts.name, command: cmd, args, memoryMB: opts.memory, cpus: opts.cpus, priority: opts.priority });
+      const common = { op: 'create', datastore: opts.datastore, name: opts.name, priority: opts.priority, memoryMB: opts.memory, cpus: opts.cpus };
+      if (opts.domainXml !== undefined || opts.domainType !== undefined) {
+        // A libvirt VM (the agent refuses it if the cluster runs the process driver).
+        if (cmd !== undefined) throw new CliError('--domain-xml and --domain-type make a libvirt VM, which takes no command after --', EXIT_USAGE);
+        const domainXml = opts.domainXml === undefined ? undefined : await readDomainXml(opts.domainXml);
+        await vmOp(opts.socket, { ...common, domainXml, domainType: opts.domainType });
+        return;
+      }
+      // No command: a diskless libvirt domain (the agent says so if the cluster runs the process driver).
+      await vmOp(opts.socket, cmd === undefined ? common : { ...common, command: cmd, args });
     });
 
   vm.command('start')

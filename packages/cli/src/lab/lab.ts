@@ -15,6 +15,7 @@ import { controlRequest, type AgentStatus } from '@vigil/agent';
 import { validateConfig } from '@vigil/config';
 import { labAddress, labPaths, type LabPaths } from './layout.js';
 import { NetnsLab, netnsPrefix, netnsSupport, type NetnsLabInfo } from './netns.js';
+import { LAB_DOMAIN_MEMORY_MB, LAB_LIBVIRT_URI, LabLibvirt, labLibvirtProblem } from './libvirt.js';
 
 export const VIGIL_BIN = fileURLToPath(new URL('../../bin/vigil.cjs', import.meta.url));
 
@@ -86,6 +87,18 @@ export interface LabOptions {
   netns?: boolean;
   /** The cluster's isolation response (default: the config's default, leavePoweredOn). */
   isolationResponse?: LabIsolationResponse;
+  /**
+   * `libvirt`: VMs are diskless QEMU domains of this machine's libvirtd (qemu:///system), which
+   * every lab host shares (libvirt.ts); default `process`.
+   */
+  driver?: 'process' | 'libvirt';
+  /** libvirt lab: libvirtd to use, on this machine (default qemu:///system). */
+  libvirtUri?: string;
+}
+
+/** Set in lab.json for a libvirt lab. */
+export interface LabLibvirtState {
+  uri: string;
 }
 
 export interface LabState {
@@ -95,6 +108,8 @@ export interface LabState {
   pids: Record<string, number>;
   /** Set for a netns lab (`vigil lab up --netns`). */
   netns?: LabNetnsState;
+  /** Set for a libvirt lab (`vigil lab up --driver libvirt`). */
+  libvirt?: LabLibvirtState;
 }
 
 /** A VM for Lab.createVms: its command (argv[0] must be the lab tag) and per-VM settings. */
@@ -111,6 +126,8 @@ export type HostReport = { host: string; up: true; status: AgentStatus } | { hos
 
 export class Lab {
   readonly paths: LabPaths;
+  /** Remarks of the last down() (libvirtd did not answer, ...). */
+  readonly downNotes: string[] = [];
 
   constructor(readonly dir: string) {
     this.paths = labPaths(dir);
@@ -131,6 +148,21 @@ export class Lab {
     const stale = existing?.netns ? await this.netnsOf(existing.netns, existing.hosts).existingNamespaces().catch(() => []) : [];
     if (stale.length > 0) {
       throw new Error(`the network namespaces of an earlier lab in ${this.dir} still exist (${stale.join(', ')}): run \`vigil lab down --dir ${this.dir}\` first`);
+    }
+    // Likewise the domains of an earlier libvirt lab of this directory.
+    const staleDomains = existing?.libvirt ? (await this.libvirtOf(existing)).qemus().map((q) => q.domain) : [];
+    if (staleDomains.length > 0) {
+      throw new Error(`libvirt domains of an earlier lab in ${this.dir} still run (${staleDomains.join(', ')}): run \`vigil lab down --dir ${this.dir}\` first`);
+    }
+    if (opts.driver !== undefined && opts.driver !== 'process' && opts.driver !== 'libvirt') throw new LabUsageError(`driver must be process or libvirt, not "${String(opts.driver)}"`);
+    if (opts.libvirtUri !== undefined && opts.driver !== 'libvirt') throw new LabUsageError('--libvirt-uri goes with --driver libvirt');
+    let libvirt: LabLibvirtState | undefined;
+    if (opts.driver === 'libvirt') {
+      // Before anything is written: a lab that cannot run its VMs is not created.
+      const uri = opts.libvirtUri ?? LAB_LIBVIRT_URI;
+      const problem = labLibvirtProblem(uri);
+      if (problem) throw new Error(problem);
+      libvirt = { uri };
     }
     let netns: LabNetnsState | undefined;
     if (opts.netns) {
@@ -172,6 +204,8 @@ export class Lab {
       isolationAddresses: net ? [net.isolationAddress()] : ['127.0.0.1'],
       pingHosts: !!net,
       ...(opts.isolationResponse ? { isolationResponse: opts.isolationResponse } : {}),
+      // One libvirtd for every lab host: each host's VM daemon names its domains vigil-<host>-...
+      ...(libvirt ? { driver: { type: 'libvirt', uri: libvirt.uri } } : {}),
       timing: { profile: opts.profile ?? 'fast', ...(opts.timing ?? {}) },
       log: { level: 'info', format: 'json' },
     };
@@ -180,8 +214,19 @@ export class Lab {
     for (const id of ids) await mkdir(this.paths.hostDir(id), { recursive: true });
     // Build the namespaces once, here; `down` removes them. up() cleans up after itself on failure.
     if (net) await net.up();
-    await this.writeState({ dir: this.dir, hosts: ids, pids: {}, ...(netns ? { netns } : {}) });
+    await this.writeState({ dir: this.dir, hosts: ids, pids: {}, ...(netns ? { netns } : {}), ...(libvirt ? { libvirt } : {}) });
     return ids;
+  }
+
+  /** The libvirt side of a libvirt lab (its domains and their QEMU processes), or null. */
+  async libvirt(): Promise<LabLibvirt | null> {
+    const s = await this.readState();
+    return s?.libvirt ? this.libvirtOf(s) : null;
+  }
+
+  private async libvirtOf(s: LabState): Promise<LabLibvirt> {
+    const cfg = JSON.parse(await readFile(this.paths.config, 'utf8').catch(() => '{}')) as { cluster?: string; datastores?: Record<string, string> };
+    return new LabLibvirt(s.libvirt?.uri ?? LAB_LIBVIRT_URI, cfg.cluster ?? 'lab', Object.fromEntries(s.hosts.map((h) => [h, this.paths.hostDir(h)])), cfg.datastores ?? {});
   }
 
   private netnsOf(n: LabNetnsState, hosts: string[]): NetnsLab {
@@ -465,8 +510,23 @@ export class Lab {
     this.checkHost(s, host);
     const pid = s.pids[host];
     const agent = !!pid && this.alive(pid);
+    // A libvirt lab host's domains are children of the shared libvirtd, not of the host: kill
+    // their QEMU processes with the rest (libvirtd would destroy them anyway once the VM daemon's
+    // connection closes, but a real power cut takes them at the same instant).
+    const lv = s.libvirt ? await this.libvirtOf(s) : null;
+    const qemus = lv ? lv.qemus([host]) : [];
     if (agent) this.signalGroup(pid, 'SIGKILL');
-    const others = await this.killMarked([host]);
+    for (const q of qemus) this.signalGroup(q.pid, 'SIGKILL');
+    let others = await this.killMarked([host]);
+    if (lv) {
+      // And any domain that was being created as the VM daemon died.
+      const deadline = Date.now() + 3000;
+      while (lv.killQemus([host]) > 0 && Date.now() < deadline) {
+        others = true;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    others = others || qemus.length > 0;
     delete s.pids[host];
     await rm(this.paths.pidFile(host), { force: true });
     await this.writeState(s);
@@ -480,6 +540,8 @@ export class Lab {
   async down(opts: { purge?: boolean; graceMs?: number } = {}): Promise<string[]> {
     const s = await this.readState();
     const stopped: string[] = [];
+    let leftDomains: string[] = [];
+    this.downNotes.length = 0;
     if (s) {
       const pids = Object.entries(s.pids).filter(([, pid]) => this.alive(pid));
       for (const [, pid] of pids) this.signalGroup(pid, 'SIGTERM');
@@ -497,10 +559,18 @@ export class Lab {
       await this.killMarked(s.hosts);
       s.pids = {};
       await this.writeState(s).catch(() => {});
+      // The VM daemons are dead, so libvirtd is destroying their domains (--autodestroy): make
+      // sure, and kill and destroy what is left of them.
+      if (s.libvirt) {
+        const r = await (await this.libvirtOf(s)).destroyAll();
+        if (r.note) this.downNotes.push(r.note);
+        if (r.left.length > 0) leftDomains = r.left;
+      }
       // Namespaces, links, nft rules and storage-loss mounts; and anything still inside them.
       if (s.netns) await this.netnsOf(s.netns, s.hosts).down();
     }
     if (opts.purge) await rm(this.dir, { recursive: true, force: true });
+    if (leftDomains.length > 0) throw new Error(`libvirt domains of the lab are still there after 15 s: ${leftDomains.join(', ')} (see \`virsh -c ${s?.libvirt?.uri ?? LAB_LIBVIRT_URI} list --all\`)`);
     return stopped;
   }
 
@@ -591,6 +661,10 @@ export class Lab {
     for (const [i, name] of names.entries()) {
       const spec = opts.vm?.(name, i) ?? {};
       specs.set(name, spec);
+      // A libvirt lab's VM is a small diskless domain the agent writes (XML + JSON on the datastore).
+      const what = s.libvirt
+        ? { memoryMB: opts.memoryMB ?? LAB_DOMAIN_MEMORY_MB }
+        : { command: spec.command ?? 'bash', args: spec.args ?? ['-c', `exec -a ${labVmTag(this.dir, name)} sleep 2147483647`], memoryMB: opts.memoryMB ?? 64 };
       await controlRequest(
         socket,
         {
@@ -598,9 +672,7 @@ export class Lab {
           op: 'create',
           datastore: dsNames[(i + first - 1) % dsNames.length],
           name,
-          command: spec.command ?? 'bash',
-          args: spec.args ?? ['-c', `exec -a ${labVmTag(this.dir, name)} sleep 2147483647`],
-          memoryMB: opts.memoryMB ?? 64,
+          ...what,
           cpus: 1,
           priority: prios[(i + first - 1) % prios.length],
           ...(spec.isolationResponse ? { isolationResponse: spec.isolationResponse } : {}),
