@@ -24,6 +24,8 @@ import { ControlServer, type ControlRequest } from './control-server.js';
 import { StorageRuntime } from './storage.js';
 import { VmRuntime } from './vm-runtime.js';
 import { RpcServer, rpcCall } from './rpc.js';
+import { StatsSampler, STATS_ASK_TIMEOUT_MS } from './stats-sampler.js';
+import { checkHostStats, hostsToAsk, mergeVmStats, type HostAnswer, type HostStats } from './stats.js';
 import { pingFor } from './ping.js';
 import { defaultGateways } from './gateway.js';
 
@@ -75,6 +77,7 @@ export class Agent {
   private readonly prober: DatastoreProber;
   private readonly storage: StorageRuntime;
   private vm: VmRuntime | null = null;
+  private stats: StatsSampler | null = null;
   private rpc: RpcServer | null = null;
   private readonly pendingReplies = new Map<number, { resolve: (v: string) => void; reject: (e: Error) => void }>();
   private nextReq = 1;
@@ -183,6 +186,8 @@ export class Agent {
     );
     this.storage.start();
     this.vm.start();
+    this.stats = new StatsSampler({ host: this.host, driver: this.vm.driver, logger: this.logger, clock: this.clock, intervalMs: t.statsIntervalMs });
+    this.stats.start();
     const sampleMs = Math.max(50, Math.floor(t.storageHeartbeatIntervalMs / 2));
     this.timers.push(setInterval(() => void this.masterSample(), sampleMs));
     this.timers.push(setInterval(() => void this.masterScan(), t.rescanIntervalMs));
@@ -197,6 +202,7 @@ export class Agent {
     this.logger.log('info', 'agent.stopping', `agent stopping: ${reason}`, { reason, role: this.role });
     this.feed({ type: 'shutdown', now: this.clock.now() });
     await this.storage.stop();
+    await this.stats?.stop();
     await this.vm?.stop();
     await this.rpc?.close();
     for (const p of this.pendingReplies.values()) p.reject(new Error('agent stopping'));
@@ -275,6 +281,7 @@ export class Agent {
         }
         return this.toMaster(req);
       case 'vms':
+      case 'vmStats':
       case 'maintenance':
         return this.toMaster(req);
       default:
@@ -292,12 +299,19 @@ export class Agent {
   }
 
   private async onRpc(body: Record<string, unknown>): Promise<unknown> {
+    // The master asks every host for its VM statistics (any host answers this one).
+    if (body.cmd === 'hostVmStats') return this.localStats();
     if (this.core.status().role !== 'master') throw new Error(`${this.host} is not the master (master: ${this.core.status().master ?? 'none'})`);
     return this.onMasterRequest(body);
   }
 
   private async onMasterRequest(req: Record<string, unknown>): Promise<unknown> {
-    if (req.cmd === 'vms') return { master: this.host, vms: this.core.vmsView() };
+    if (req.cmd === 'vms') {
+      const vms = this.core.vmsView();
+      if (req.stats !== true) return { master: this.host, vms };
+      return { master: this.host, vms: mergeVmStats(vms, await this.askStats(hostsToAsk(vms))) };
+    }
+    if (req.cmd === 'vmStats') return this.vmStats(typeof req.vm === 'string' ? req.vm : '');
     if (req.cmd === 'maintenance') {
       const host = String(req.host ?? '');
       if (!this.config.hosts[host]) throw new Error(`unknown host ${host} (hosts: ${Object.keys(this.config.hosts).join(', ')})`);
@@ -338,6 +352,43 @@ export class Agent {
       default:
         throw new Error(`unknown vm operation "${String(req.op)}"`);
     }
+  }
+
+  /** This host's latest VM statistics (stats-sampler.ts). */
+  private localStats(): HostStats {
+    return this.stats?.answer() ?? { host: this.host, intervalMs: this.config.timing.statsIntervalMs, error: 'the agent is starting', vms: [] };
+  }
+
+  /** Master: ask `hosts` for their VM statistics, in parallel, each within STATS_ASK_TIMEOUT_MS. */
+  private async askStats(hosts: readonly string[]): Promise<Map<string, HostAnswer>> {
+    const out = new Map<string, HostAnswer>();
+    await Promise.all(
+      hosts.map(async (h) => {
+        try {
+          if (h === this.host) return void out.set(h, { ok: true, stats: this.localStats() });
+          const cfg = this.config.hosts[h];
+          if (!cfg) throw new Error('not in the cluster config');
+          const data = await rpcCall(this.key, cfg.address, cfg.port, { cmd: 'hostVmStats' }, STATS_ASK_TIMEOUT_MS);
+          out.set(h, { ok: true, stats: checkHostStats(data, h) });
+        } catch (err) {
+          out.set(h, { ok: false, error: err instanceof Error ? err.message : String(err) });
+        }
+      }),
+    );
+    return out;
+  }
+
+  /** Master: `vigil vm stats NAME`: one VM, by id or name, with its host's latest sample. */
+  private async vmStats(name: string): Promise<unknown> {
+    const rows = this.core.vmsView();
+    const named = rows.filter((v) => v.name === name);
+    const row = rows.find((v) => v.id === name) ?? (named.length === 1 ? named[0] : undefined);
+    if (!row) {
+      if (named.length > 1) throw new Error(`${named.length} VMs are named ${name} (${named.map((v) => v.id).join(', ')}): give its id`);
+      throw new Error(`no VM named ${name} (see vigil vms)`);
+    }
+    const [vm] = mergeVmStats([row], await this.askStats(hostsToAsk([row])));
+    return { master: this.host, vm };
   }
 
   /** Master: sample the VM leases the core watches. */

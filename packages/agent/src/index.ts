@@ -5,3 +5,5 @@ export * from './transport.js';
 export * from './control-server.js';
 export * from './rpc.js';
 export { VmRuntime, VM_DIR, type VmRuntimeOptions } from './vm-runtime.js';
+export * from './stats.js';
+export * from './stats-sampler.js';

@@ -8,5 +8,7 @@ export type { VmdArgs } from './process/vmd.js';
 export * from './libvirt/domain-xml.js';
 export * from './libvirt/spec.js';
 export * from './libvirt/driver.js';
+export * from './libvirt/domstats.js';
+export * from './process/proc-stats.js';
 export { checkLibvirt, findDomainProcesses, isDomainProcess, parseEventLine, virsh, VirshError, type DomainEvent } from './libvirt/virsh.js';
 export { domainName, domainPrefix } from './libvirt/backend.js';

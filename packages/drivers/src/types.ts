@@ -54,6 +54,34 @@ export interface DriverEvent {
   detail: string;
 }
 
+/**
+ * One VM's counters as its driver read them (`Driver.stats`). Counters (CPU time, disk, network)
+ * are cumulative since this power-on of the VM; memory is current. null: this driver cannot tell
+ * (a process VM's network) or the read failed (then `error` says why). Never made up.
+ */
+export interface VmCounters {
+  vm: string;
+  /**
+   * This power-on of the VM (its process: pid and start time): counters start over when it
+   * changes. '' when unknown.
+   */
+  incarnation: string;
+  /** CPU time used since the VM started, ns (process VM: its process and the children it reaped; libvirt: cpu.time). */
+  cpuTimeNs: number | null;
+  /** Resident memory on the host, bytes (process VM: RSS of its process; libvirt: balloon.rss of QEMU). */
+  memoryBytes: number | null;
+  diskReadBytes: number | null;
+  diskWriteBytes: number | null;
+  /** Disk requests (libvirt: rd.reqs / wr.reqs summed over the disks; process VMs: null). */
+  diskReadOps: number | null;
+  diskWriteOps: number | null;
+  /** Bytes received / sent by the VM's interfaces (process VMs: null, they share the host's network). */
+  netRxBytes: number | null;
+  netTxBytes: number | null;
+  /** Why some or all fields are null (the VM's process vanished, libvirtd has no stats for the domain...). */
+  error?: string;
+}
+
 export interface HostCapacity {
   memoryMB: number;
   cpus: number;
@@ -78,6 +106,12 @@ export interface Driver {
   /** Unexpected (and requested) stops. */
   onEvent(handler: (ev: DriverEvent) => void): void;
   capacity(): HostCapacity;
+  /**
+   * Counters of every VM this host runs (`list()`), read in one query for all of them (process
+   * VMs: /proc; libvirt: one `virsh domstats`). A VM that cannot be read gets null fields and an
+   * `error`; rejects only when the whole query failed (libvirtd does not answer).
+   */
+  stats(): Promise<VmCounters[]>;
   /** Stop watching (the VMs keep running). */
   close(): Promise<void>;
 }

@@ -3,6 +3,7 @@ import { InvalidArgumentError } from 'commander';
 import { controlRequest, DEFAULT_SOCKET } from '@vigil/agent';
 import type { VmView } from '@vigil/core';
 import { printJson, table } from '../format.js';
+import { registerVmStats, STATS_HEADERS, statsCells, statsNotes, type VmRowWithStats } from './vm-stats.js';
 
 const PRIORITIES = ['disabled', 'lowest', 'low', 'medium', 'high', 'highest'];
 
@@ -32,16 +33,19 @@ export function registerVm(program: Command): void {
     .command('vms')
     .description('every VM: where it runs, power state, protection, priority, restarts (the master\'s view)')
     .option('--json', 'machine-readable output (fields: docs/cli.md)')
+    .option('--stats', 'add each running VM\'s latest statistics (CPU %, memory, disk, network), asked of every host through the master')
     .option(...socketOpt)
-    .action(async (opts: { json?: boolean; socket: string }) => {
-      const res = (await controlRequest(opts.socket, { cmd: 'vms' }, 30_000)) as { master: string; vms: VmView[] };
+    .action(async (opts: { json?: boolean; stats?: boolean; socket: string }) => {
+      const stats = opts.stats === true;
+      const res = (await controlRequest(opts.socket, { cmd: 'vms', ...(stats ? { stats: true } : {}) }, 30_000)) as { master: string; vms: (VmView & Partial<VmRowWithStats>)[] };
       if (opts.json) return printJson(res.vms);
       process.stdout.write(
         table(
-          ['NAME', 'HOST', 'POWER', 'PROTECTED', 'PRIORITY', 'RESTARTS', 'STATE', 'ID'],
-          res.vms.map((v) => [v.name, v.host, v.power, v.protected ? 'yes' : 'no', v.priority, v.restarts, v.state + (v.detail && v.state !== 'running' ? ` (${v.detail})` : ''), v.id]),
+          ['NAME', 'HOST', 'POWER', 'PROTECTED', 'PRIORITY', 'RESTARTS', 'STATE', ...(stats ? STATS_HEADERS : []), 'ID'],
+          res.vms.map((v) => [v.name, v.host, v.power, v.protected ? 'yes' : 'no', v.priority, v.restarts, v.state + (v.detail && v.state !== 'running' ? ` (${v.detail})` : ''), ...(stats ? statsCells({ ...v, stats: v.stats ?? null, statsError: v.statsError ?? null }) : []), v.id]),
         ) + '\n',
       );
+      if (stats) for (const l of statsNotes(res.vms.map((v) => ({ ...v, stats: v.stats ?? null, statsError: v.statsError ?? null })))) process.stdout.write(`${l}\n`);
     });
 
   const vm = program.command('vm').description('create, start, stop, protect and configure VMs (handled by the master)');
@@ -100,4 +104,6 @@ export function registerVm(program: Command): void {
     .requiredOption('--priority <p>', `restart priority: ${PRIORITIES.join(', ')}`, priorityArg)
     .option(...socketOpt)
     .action(async (name: string, opts: { priority: string; socket: string }) => vmOp(opts.socket, { op: 'set', vm: name, priority: opts.priority }));
+
+  registerVmStats(vm, socketOpt);
 }
