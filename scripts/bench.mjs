@@ -16,6 +16,11 @@ if (args.includes('--writes')) {
   await import('./bench-writes.mjs');
   await new Promise(() => {}); // bench-writes exits by itself
 }
+if (args.includes('--scale')) {
+  // 128 agents and 16,000 protected stand-in VMs: a separate measurement (scripts/bench-scale.mjs).
+  await import('./bench-scale.mjs');
+  await new Promise(() => {}); // bench-scale exits by itself
+}
 const quick = args.includes('--quick');
 const large = !args.includes('--no-large') && !quick;
 const caseArg = args.indexOf('--case');

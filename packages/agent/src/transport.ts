@@ -11,17 +11,37 @@ export interface Datagram {
   port: number;
 }
 
+/** Datagram counters since the transport was bound (`vigil status --json`, the scale benchmark). */
+export interface DatagramStats {
+  sent: number;
+  received: number;
+  sentBytes: number;
+  receivedBytes: number;
+  /** Largest datagram sent / received, in bytes. */
+  largestSent: number;
+  largestReceived: number;
+}
+
 export interface Transport {
   send(address: string, port: number, data: Buffer): void;
   onDatagram(handler: (d: Datagram) => void): void;
   close(): Promise<void>;
+  /** Counters, if the transport keeps them. */
+  stats?(): DatagramStats;
 }
 
 export class UdpTransport implements Transport {
   private handler: (d: Datagram) => void = () => {};
+  private readonly counters: DatagramStats = { sent: 0, received: 0, sentBytes: 0, receivedBytes: 0, largestSent: 0, largestReceived: 0 };
 
   private constructor(private readonly socket: Socket, private readonly onError: (err: Error) => void) {
-    socket.on('message', (data, rinfo) => this.handler({ data, address: rinfo.address, port: rinfo.port }));
+    socket.on('message', (data, rinfo) => {
+      const c = this.counters;
+      c.received++;
+      c.receivedBytes += data.length;
+      if (data.length > c.largestReceived) c.largestReceived = data.length;
+      this.handler({ data, address: rinfo.address, port: rinfo.port });
+    });
     socket.on('error', (err) => this.onError(err));
   }
 
@@ -39,6 +59,10 @@ export class UdpTransport implements Transport {
   }
 
   send(address: string, port: number, data: Buffer): void {
+    const c = this.counters;
+    c.sent++;
+    c.sentBytes += data.length;
+    if (data.length > c.largestSent) c.largestSent = data.length;
     // Errors (EHOSTUNREACH, ENETUNREACH while isolated...) are expected; heartbeats repeat.
     this.socket.send(data, port, address, (err) => {
       if (err) this.onError(err);
@@ -47,6 +71,10 @@ export class UdpTransport implements Transport {
 
   onDatagram(handler: (d: Datagram) => void): void {
     this.handler = handler;
+  }
+
+  stats(): DatagramStats {
+    return { ...this.counters };
   }
 
   close(): Promise<void> {

@@ -1,6 +1,11 @@
 /**
  * Process-driver VM config: a JSON file on a datastore.
- * { "name", "command", "args"?, "env"?, "memoryMB"?, "cpus"?, "restartPriority"?, "isolationResponse"? }
+ * { "name", "command", "args"?, "env"?, "memoryMB"?, "cpus"?, "restartPriority"?, "isolationResponse"?, "benchmarkStandin"? }
+ *
+ * `"benchmarkStandin": true` is for the scale benchmark only (scripts/bench-scale.mjs): the VM
+ * daemon takes and keeps the VM's lease exactly as for a real VM but starts no process, so that
+ * 16,000 VMs fit on one small machine. The daemon refuses such a VM unless it runs with
+ * VIGIL_BENCH_STANDIN=1 in its environment (vmd.ts).
  */
 import { readFile, stat } from 'node:fs/promises';
 import { RESTART_PRIORITIES, type IsolationResponseSetting, type RestartPriority, type VmSpec } from '../types.js';
@@ -14,10 +19,12 @@ export interface ProcessVmConfig {
   cpus: number;
   restartPriority: RestartPriority;
   isolationResponse?: IsolationResponseSetting;
+  /** Benchmark only: no process, everything else real (see the header). */
+  benchmarkStandin?: true;
 }
 
 export const VM_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
-const KEYS = new Set(['name', 'command', 'args', 'env', 'memoryMB', 'cpus', 'restartPriority', 'isolationResponse']);
+const KEYS = new Set(['name', 'command', 'args', 'env', 'memoryMB', 'cpus', 'restartPriority', 'isolationResponse', 'benchmarkStandin']);
 const MAX_BYTES = 64 * 1024;
 
 export class VmConfigError extends Error {}
@@ -56,6 +63,7 @@ export function validateProcessVm(v: unknown, source: string): ProcessVmConfig {
   const memoryMB = int('memoryMB', 128, 16 * 1024 * 1024);
   const cpus = int('cpus', 1, 1024);
   const { restartPriority: prio, isolationResponse: iso } = validateHaSettings(o, fail);
+  if (o.benchmarkStandin !== undefined && o.benchmarkStandin !== true) fail('benchmarkStandin', 'must be true or absent (benchmark stand-in VMs only)');
   return {
     name: o.name as string,
     command: o.command as string,
@@ -65,6 +73,7 @@ export function validateProcessVm(v: unknown, source: string): ProcessVmConfig {
     cpus,
     restartPriority: prio as RestartPriority,
     ...(iso ? { isolationResponse: iso as IsolationResponseSetting } : {}),
+    ...(o.benchmarkStandin === true ? { benchmarkStandin: true as const } : {}),
   };
 }
 

@@ -123,6 +123,8 @@ interface VmEntry {
   forced: boolean;
   /** Why the VM was fenced, if it was. */
   fenced: string | null;
+  /** A benchmark stand-in (`benchmarkStandin` in its config): leases only, no process. */
+  standin: boolean;
 }
 
 /** Executable named like execvp would find it (PATH of the VM's environment), or null. */
@@ -567,6 +569,8 @@ export class Vmd {
       if (e.domain) this.fenceDomain(e);
     }
     for (const e of victims) e.lease?.abandon();
+    // A stand-in has no process whose exit would end it.
+    for (const e of victims) if (e.standin && e.phase === 'running') void this.finish(e, { reason: 'killed', detail: 'fenced' });
     this.log('error', 'vmd.fenced', `${why}; ${victims.length} VM(s) of ${ds} killed`, { datastore: ds, vms: victims.map((e) => e.vm) });
   }
 
@@ -601,6 +605,7 @@ export class Vmd {
       stop: null,
       forced: false,
       fenced: null,
+      standin: false,
     };
     this.vms.set(req.vm, e);
     try {
@@ -632,6 +637,7 @@ export class Vmd {
     } catch (err) {
       throw new VmdError(describeError(err), 'EPOWERON');
     }
+    if (config.benchmarkStandin) return this.startStandin(e, req, ds, dsPath);
     const env: NodeJS.ProcessEnv = { ...process.env, ...config.env, VIGIL_VM: e.vm };
     if (!findExecutable(config.command, env.PATH)) throw new VmdError(`cannot start ${config.command}: not found or not executable`, 'EPOWERON');
 
@@ -680,6 +686,23 @@ export class Vmd {
       });
       child.on('exit', (code, signal) => void this.finish(e, signal ? { reason: 'killed', detail: `killed by ${signal}` } : { reason: 'exited', detail: `exited with code ${code}` }, { code, signal }));
     });
+  }
+
+  /**
+   * Benchmark only (scripts/bench-scale.mjs): a stand-in VM takes and keeps its leases exactly
+   * like a process VM, is reported running, stopped and fenced like one, but runs no process
+   * (pid 0). Refused unless this daemon runs with VIGIL_BENCH_STANDIN=1 in its environment.
+   */
+  private async startStandin(e: VmEntry, req: Extract<ValidRequest, { op: 'powerOn' }>, ds: string, dsPath: string): Promise<void> {
+    if (process.env.VIGIL_BENCH_STANDIN !== '1') {
+      throw new VmdError(`${e.vm} is a benchmark stand-in (benchmarkStandin: true, no process): refused outside the scale benchmark (VIGIL_BENCH_STANDIN=1)`, 'EPOWERON');
+    }
+    const { lease, generation } = await this.takeLeases(e, ds, dsPath, req.takeover);
+    e.standin = true;
+    e.startedAt = new Date().toISOString();
+    e.phase = 'running';
+    this.log('info', 'vmd.vm-started', `${e.vm} started: benchmark stand-in, no process (lease generation ${lease.held?.generation}, host lease ${generation})`, { vm: e.vm, vmPid: 0, standin: true });
+    this.emit({ event: 'started', vm: e.vm, pid: 0, startedAt: e.startedAt });
   }
 
   /**
@@ -1034,6 +1057,9 @@ export class Vmd {
     if (e.phase === 'running' && e.domain) {
       // A failure to stop it is the request's (the VM keeps running, and its lease).
       await Promise.race([this.stopDomain(e, mode, timeoutMs).then(() => e!.gone.promise), e.gone.promise]);
+    } else if (e.phase === 'running' && e.standin) {
+      e.stop = mode === 'hard' ? 'hard' : (e.stop ?? 'graceful');
+      void this.finish(e, { reason: 'exited', detail: 'benchmark stand-in stopped' });
     } else if (e.phase === 'running' && e.child) {
       const child = e.child;
       const entry = e;
