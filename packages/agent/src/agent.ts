@@ -19,7 +19,7 @@ import {
 import { DatastoreProber, type ProbeResult } from '@vigil/datastore';
 import type { Logger } from './logger.js';
 import { monotonicClock, type Clock } from './clock.js';
-import { UdpTransport, type Datagram, type Transport } from './transport.js';
+import { UdpTransport, type Datagram, type DatagramStats, type Transport } from './transport.js';
 import { ControlServer, type ControlRequest } from './control-server.js';
 import { StorageRuntime } from './storage.js';
 import { VmRuntime } from './vm-runtime.js';
@@ -60,6 +60,8 @@ export interface AgentStatus {
   incarnation: number;
   uptimeMs: number;
   pid: number;
+  /** UDP datagram counters of this agent (absent with a transport that keeps none). */
+  datagrams?: DatagramStats;
 }
 
 /** A row of `vigil hosts`: the core's view of a host plus its configured address. */
@@ -230,6 +232,7 @@ export class Agent {
       incarnation: this.sequence?.incarnation ?? 0,
       uptimeMs: Math.round(this.clock.now() - this.startedAt),
       pid: process.pid,
+      ...(this.transport?.stats ? { datagrams: this.transport.stats() } : {}),
     };
   }
 
