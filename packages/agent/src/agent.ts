@@ -588,6 +588,7 @@ export class Agent {
       capacity,
       maxConcurrentPerHost: this.config.restart.maxConcurrentPerHost,
       maxAttempts: this.config.restart.maxAttempts,
+      nextPriorityWhen: this.config.restart.nextPriorityWhen,
       isolationResponse: this.config.isolationResponse as IsolationResponse,
       hasIsolationAddresses: this.isolationAddresses.length > 0,
     });
@@ -642,7 +643,6 @@ export class Agent {
       await rename(tmp, file);
     } catch (err) {
       this.logger.log('warn', 'state.write-failed', `cannot write ${file}: ${(err as Error).message}`, { file });
-      nextPriorityWhen: this.config.restart.nextPriorityWhen,
     }
   }
 }
