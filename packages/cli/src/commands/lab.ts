@@ -236,6 +236,8 @@ export function registerLab(program: Command): void {
         process.stdout.write(`netns: cannot read the namespaces: ${info.message}\n`);
       } else if (info) {
         const faults = netnsFaults(info.rules);
+        // Hosts powered off by `lab kill` have their bridge port down too: they are not "isolated".
+        const poweredOff = (await l.readState())?.poweredOff ?? [];
         const hidden: string[] = [];
         for (const r of reports) {
           const ds = await l.hiddenDatastores(r.host);
@@ -244,7 +246,7 @@ export function registerLab(program: Command): void {
         process.stdout.write(
           [
             `netns: ${info.prefix} (${info.namespaces.length} namespaces)`,
-            `  isolated:     ${info.isolated.join(', ') || '-'}`,
+            `  isolated:     ${info.isolated.filter((h) => !poweredOff.includes(h)).join(', ') || '-'}`,
             `  partition:    ${faults.partition.join('  ') || '-'}`,
             `  one-way:      ${faults.oneWay.join(', ') || '-'}`,
             `  storage-loss: ${hidden.join('; ') || '-'}`,

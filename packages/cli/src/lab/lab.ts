@@ -110,6 +110,8 @@ export interface LabState {
   netns?: LabNetnsState;
   /** Set for a libvirt lab (`vigil lab up --driver libvirt`). */
   libvirt?: LabLibvirtState;
+  /** netns lab: hosts whose bridge port `kill` took down (a powered-off host answers no ping); `start` brings it up. */
+  poweredOff?: string[];
 }
 
 /** A VM for Lab.createVms: its command (argv[0] must be the lab tag) and per-VM settings. */
@@ -294,7 +296,10 @@ export class Lab {
 
   /** Undo every isolate, partition and one-way (not storage losses: storageHeal). */
   async heal(): Promise<void> {
-    await (await this.netns()).heal();
+    const n = await this.netns();
+    await n.heal();
+    // A powered-off host stays silent, ping included.
+    for (const h of (await this.readState())?.poweredOff ?? []) await n.isolate(h);
   }
 
   /** Absolute path of datastore `ds` if `host` mounts it (LabUsageError otherwise). */
@@ -439,6 +444,11 @@ export class Lab {
         throw new Error(`the network namespace ${n.nsName(host)} of ${host} does not exist (the lab was taken down?): run \`vigil lab down --dir ${this.dir}\` and \`vigil lab up --netns\` again`);
       }
       full = n.wrap(host, full, { mountNs: true });
+      if (s.poweredOff?.includes(host)) {
+        // Powered back on: its network comes back with it (kill() took its bridge port down).
+        await n.reconnect(host);
+        s.poweredOff = s.poweredOff.filter((h) => h !== host);
+      }
     }
     const out = openSync(this.paths.log(host), 'a');
     const [cmd, ...args] = full;
@@ -527,6 +537,16 @@ export class Lab {
       }
     }
     others = others || qemus.length > 0;
+    if (s.netns) {
+      // The namespace outlives the processes and would go on answering ping, which tells the
+      // master the host is up (agentUnreachable: nothing restarted). A powered-off host's NIC is
+      // silent: take its bridge port down (unless an isolate already did), until `lab start`.
+      const n = this.netnsOf(s.netns, s.hosts);
+      if (!(await n.info()).isolated.includes(host)) {
+        await n.isolate(host);
+        s.poweredOff = [...new Set([...(s.poweredOff ?? []), host])];
+      }
+    }
     delete s.pids[host];
     await rm(this.paths.pidFile(host), { force: true });
     await this.writeState(s);
@@ -558,6 +578,7 @@ export class Lab {
       // Agents are gone now: a VM daemon one of them started meanwhile is the last thing to kill.
       await this.killMarked(s.hosts);
       s.pids = {};
+      delete s.poweredOff;
       await this.writeState(s).catch(() => {});
       // The VM daemons are dead, so libvirtd is destroying their domains (--autodestroy): make
       // sure, and kill and destroy what is left of them.
