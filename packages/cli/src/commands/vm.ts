@@ -4,6 +4,27 @@ import { controlRequest, DEFAULT_SOCKET } from '@vigil/agent';
 import type { VmView } from '@vigil/core';
 import { printJson, table } from '../format.js';
 import { registerVmStats, STATS_HEADERS, statsCells, statsNotes, type VmRowWithStats } from './vm-stats.js';
+import { readFile, stat } from 'node:fs/promises';
+import { CliError, EXIT_USAGE } from '../errors.js';
+
+/** `vm create --domain-xml`: the XML travels in the control request, which must fit in 64 KiB. */
+const MAX_CREATE_XML_BYTES = 48 * 1024;
+
+function domainTypeArg(v: string): string {
+  if (v !== 'kvm' && v !== 'qemu') throw new InvalidArgumentError('must be kvm or qemu');
+  return v;
+}
+
+async function readDomainXml(file: string): Promise<string> {
+  const st = await stat(file).catch((err: NodeJS.ErrnoException) => {
+    throw new CliError(`--domain-xml: cannot read ${file}: ${err.code ?? err.message}`, EXIT_USAGE);
+  });
+  if (!st.isFile()) throw new CliError(`--domain-xml: ${file} is not a regular file`, EXIT_USAGE);
+  if (st.size > MAX_CREATE_XML_BYTES) {
+    throw new CliError(`--domain-xml: ${file} is larger than ${MAX_CREATE_XML_BYTES / 1024} KiB: copy it to <datastore>/vms/ yourself and write its JSON file beside it (docs/libvirt.md)`, EXIT_USAGE);
+  }
+  return readFile(file, 'utf8');
+}
 
 const PRIORITIES = ['disabled', 'lowest', 'low', 'medium', 'high', 'highest'];
 
