@@ -21,7 +21,8 @@
 // also on error or Ctrl-C.
 //
 // Options: --hosts N (128) --vms M (16000) --steady S (30) --dir D (/dev/shm/vigil-scale)
-//          --port P (59182) --no-cut
+//          --port P (59182) --no-cut --profile fast|default (fast: the restart target is the
+//            fast one; but see docs/performance.md: 128 agents at fast timings saturate 2 cores)
 //          --cpu-prof host-a,host-b: run those agents under node --cpu-prof (profiles in
 //            <dir>-prof/, kept); the run then ends after the steady state (no power cut), and the
 //            profiled agents get SIGTERM so the profile is written.
@@ -42,6 +43,7 @@ const STEADY_S = Number(opt('--steady', 30));
 const DIR = opt('--dir', '/dev/shm/vigil-scale');
 const PORT = Number(opt('--port', 59182));
 const CUT = !args.includes('--no-cut');
+const PROFILE = opt('--profile', 'fast');
 const PROF = (opt('--cpu-prof', '') || '').split(',').filter(Boolean);
 const PROF_DIR = `${DIR}-prof`;
 const DATASTORES = 2;
@@ -195,21 +197,21 @@ function logEvents(host, event) {
 }
 
 async function main() {
-  console.log(`Vigil scale benchmark: ${HOSTS} agents, ${VMS} protected VMs (benchmark stand-ins: leases, no process), fast profile`);
+  console.log(`Vigil scale benchmark: ${HOSTS} agents, ${VMS} protected VMs (benchmark stand-ins: leases, no process), ${PROFILE} profile`);
   console.log(`Machine: ${cpus().length} cores (${cpus()[0]?.model ?? '?'}), ${Math.round(totalmem() / 2 ** 30)} GiB, node ${process.version}`);
   console.log(`Reproduce: npm run bench -- --scale${args.length ? ` ${args.join(' ')}` : ''}\n`);
   const results = {};
   await lab.down({ purge: true });
-  await lab.create({ dir: DIR, hosts: HOSTS, datastores: DATASTORES, profile: 'fast', port: PORT, capacity: { memoryMB: 65536, cpus: 1024 } });
+  await lab.create({ dir: DIR, hosts: HOSTS, datastores: DATASTORES, profile: PROFILE, port: PORT, capacity: { memoryMB: 65536, cpus: 1024 } });
   seed();
   if (PROF.length) mkdirSync(PROF_DIR, { recursive: true });
 
   // ---- 1. cold start ----
   const t0 = now();
   for (const h of hostIds) {
-    const env = { VIGIL_BENCH_STANDIN: '1' };
-    if (PROF.includes(h)) env.NODE_OPTIONS = `--cpu-prof --cpu-prof-dir=${PROF_DIR} --cpu-prof-name=${h}.cpuprofile`;
-    await lab.start(h, { env });
+    // node --cpu-prof is not allowed in NODE_OPTIONS: a shell prefix execs node with it.
+    const prefix = PROF.includes(h) ? ['/bin/sh', '-c', `exec "$0" --cpu-prof --cpu-prof-dir=${PROF_DIR} --cpu-prof-name=${h}.cpuprofile "$@"`] : [];
+    await lab.start(h, { env: { VIGIL_BENCH_STANDIN: '1' }, prefix });
   }
   const startedAll = now() - t0;
   console.log(`started ${HOSTS} agents in ${s2(startedAll)}`);
@@ -360,7 +362,7 @@ async function main() {
   if (results.cutVms !== undefined) {
     rows.push(
       [`slave power cut: detected (host.dead)`, s2(results.cutDetected), '', null],
-      [`slave power cut: all ${results.cutVms} VMs running elsewhere`, s2(results.cutAllRunning), '<= 4.00 s', results.cutAllRunning !== null && results.cutAllRunning <= 4000],
+      [`slave power cut: all ${results.cutVms} VMs running elsewhere`, s2(results.cutAllRunning), PROFILE === 'fast' ? '<= 4.00 s' : '', PROFILE === 'fast' ? results.cutAllRunning !== null && results.cutAllRunning <= 4000 : null],
       ['slave power cut: doubled / missing / lease mismatch', `${results.cutDoubled} / ${results.cutMissing} / ${results.cutLeaseMismatch}`, '0 / 0 / 0', results.cutDoubled + results.cutMissing + results.cutLeaseMismatch === 0],
     );
   }

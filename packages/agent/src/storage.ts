@@ -42,6 +42,29 @@ export interface StorageOptions {
   feed: (ev: CoreEvent) => void;
 }
 
+/**
+ * Lease reads one sampling round keeps in flight at once. A round is one read per host and
+ * datastore (two on the master: heartbeat and host VM lease): issued all at once on a master of
+ * 128 hosts that is 500 reads, which queue in libuv's thread pool behind each other, outlast
+ * storageCallTimeoutMs, and make the datastore look hung (withTimeout) to the calls that matter:
+ * the renewals of this host's own leases. Bounded, a round takes longer than its period when
+ * storage is slow, and the next round starts late (samples further apart only delay a verdict of
+ * "dead": liveness is judged by change, never earlier than the holder really stopped).
+ */
+export const SAMPLE_CONCURRENCY = 8;
+
+/** Run `tasks` with at most `limit` in flight; resolves when all have settled. */
+export async function runLimited(tasks: (() => Promise<void>)[], limit: number): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < tasks.length) {
+      const t = tasks[next++]!;
+      await t().catch(() => {});
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, worker));
+}
+
 const hbKey = (ds: string) => `hb:${ds}`;
 const plKey = (ds: string) => `pl:${ds}`;
 
@@ -433,9 +456,9 @@ export class StorageRuntime {
     if (this.sampling || this.stopped) return;
     this.sampling = true;
     try {
-      const reads: Promise<void>[] = [];
+      const reads: (() => Promise<void>)[] = [];
       for (const ds of this.accessible) {
-        reads.push(
+        reads.push(() =>
           this.lease(ds, 'protectedlist', 'protectedlist.owner')
             .read()
             .then((snap) => {
@@ -462,7 +485,7 @@ export class StorageRuntime {
           if (host === this.host && this.role !== 'master') continue;
           if (this.role === 'slave' && host !== this.masterHost) continue;
           // Its VM daemon's host VM lease: what its VM leases live by (sanlock's design).
-          reads.push(
+          reads.push(() =>
             this.lease(ds, hostVmLeaseName(host))
               .read()
               .then((snap) => {
@@ -471,7 +494,7 @@ export class StorageRuntime {
               .catch(() => {}),
           );
           if (host === this.host || !heartbeatDatastoresFor(this.config, host).includes(ds)) continue;
-          reads.push(
+          reads.push(() =>
             this.lease(ds, `${host}-hb`)
               .read()
               .then((snap) => {
@@ -488,7 +511,7 @@ export class StorageRuntime {
           );
         }
       }
-      await Promise.all(reads);
+      await runLimited(reads, SAMPLE_CONCURRENCY);
     } finally {
       this.sampling = false;
     }

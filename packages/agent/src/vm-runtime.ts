@@ -9,6 +9,7 @@ import type { ClusterConfig } from '@vigil/config';
 import { describeError, poweredoffDir, vmLease, withTimeout, writeFileAtomic, writePoweredOff } from '@vigil/datastore';
 import { checkLibvirt, LibvirtDriver, ProcessDriver, validateLibvirtVm, validateProcessVm, VM_NAME_RE, RESTART_PRIORITIES, type Driver, type RestartPriority } from '@vigil/drivers';
 import type { Logger } from './logger.js';
+import { runLimited, SAMPLE_CONCURRENCY } from './storage.js';
 import { createLibvirtVm } from './libvirt-create.js';
 import type { Clock } from './clock.js';
 
@@ -253,9 +254,15 @@ export class VmRuntime {
     this.opts.feed({ type: 'vmCatalog', now: this.opts.clock.now(), datastore: ds, vms: [...known.values()].sort((a, b) => (a.id < b.id ? -1 : 1)) });
   }
 
+  private leaseSampling = false;
+
   async sampleLeases(vms: string[]): Promise<void> {
-    await Promise.all(
-      vms.map(async (vm) => {
+    // Bounded like the storage samples (storage.ts): a new master watches every VM lease at once.
+    // One round at a time: a round slower than the period makes the next one start late.
+    if (this.leaseSampling) return;
+    this.leaseSampling = true;
+    await runLimited(
+      vms.map((vm) => async () => {
         const ds = vm.slice(0, vm.indexOf(':'));
         const base = this.config.datastores[ds];
         if (!base) return;
@@ -266,7 +273,8 @@ export class VmRuntime {
           /* unreadable now: no sample, so it is not judged dead on this basis */
         }
       }),
-    );
+      SAMPLE_CONCURRENCY,
+    ).finally(() => (this.leaseSampling = false));
   }
 
   // ---- CLI operations done by the agent itself -------------------------------------------------
