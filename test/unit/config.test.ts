@@ -63,14 +63,26 @@ describe('validateConfig defaults', () => {
     expect(c.hosts['host-1']!.isolationAddresses).toEqual([]);
   });
 
-  it('default profile carries FDM values', () => {
+  it('the default profile is the shipped DEFAULT_TIMING; fdm carries FDM values', () => {
     const t = validateConfig(minimal()).timing;
-    expect(t.hostTimeoutMs).toBe(10_000);
-    expect(t.electionWindowMs).toBe(15_000);
-    expect(t.heartbeatIntervalMs).toBe(1000);
-    expect(t.storageHeartbeatIntervalMs).toBe(5000);
     expect(t).toEqual(DEFAULT_TIMING);
     expect(PROFILES.default).toBe(DEFAULT_TIMING);
+    expect(t.hostTimeoutMs).toBe(4000);
+    expect(t.deadMs).toBe(6500);
+    const f = validateConfig(minimal({ timing: { profile: 'fdm' } })).timing;
+    expect(f).toEqual(PROFILES.fdm);
+    expect(f.hostTimeoutMs).toBe(10_000);
+    expect(f.electionWindowMs).toBe(15_000);
+    expect(f.heartbeatIntervalMs).toBe(1000);
+    expect(f.storageHeartbeatIntervalMs).toBe(5000);
+    expect(f.deadMs).toBe(18_000);
+  });
+
+  it('default differs from fdm only in detection and lease timings; isolation keeps FDM values', () => {
+    const changed = (Object.keys(PROFILES.fdm) as (keyof Timing)[]).filter((k) => JSON.stringify(PROFILES.fdm[k]) !== JSON.stringify(DEFAULT_TIMING[k]));
+    for (const k of ['slaveIsolationMs', 'masterIsolationMs', 'isolationResponseDelayMs', 'isolationShutdownTimeoutMs', 'heartbeatIntervalMs'] as const) expect(changed).not.toContain(k);
+    // The margin between the self-fence deadline and the lease timeout, in absolute terms.
+    expect(DEFAULT_TIMING.leaseTimeoutMs - DEFAULT_TIMING.selfFenceDeadlineMs).toBeGreaterThanOrEqual(1500);
   });
 
   it('the resolved timing is a copy: changing it does not change the shipped profile', () => {
@@ -91,16 +103,16 @@ describe('validateConfig defaults', () => {
 });
 
 describe('timing profiles', () => {
-  it('fast is about 1/10 of default', () => {
+  it('fast is about 1/10 of fdm', () => {
     const c = validateConfig(minimal({ timing: { profile: 'fast' } }));
     expect(c.profile).toBe('fast');
     expect(c.timing).toEqual(FAST_TIMING);
     // The network timings are exactly 1/10; the storage ones keep a little more margin.
     for (const k of ['hostTimeoutMs', 'electionWindowMs', 'heartbeatIntervalMs', 'storageHeartbeatIntervalMs'] as const) {
-      expect(FAST_TIMING[k] * 10, k).toBe(DEFAULT_TIMING[k]);
+      expect(FAST_TIMING[k] * 10, k).toBe(PROFILES.fdm[k]);
     }
-    for (const k of Object.keys(DEFAULT_TIMING) as (keyof Timing)[]) {
-      const d = DEFAULT_TIMING[k];
+    for (const k of Object.keys(PROFILES.fdm) as (keyof Timing)[]) {
+      const d = PROFILES.fdm[k];
       const f = FAST_TIMING[k];
       const pairs: [number, number][] = Array.isArray(d) ? d.map((v, i) => [v, (f as number[])[i]!]) : [[d, f as number]];
       for (const [dv, fv] of pairs) {
@@ -110,8 +122,9 @@ describe('timing profiles', () => {
     }
   });
 
-  it('both shipped profiles pass checkTiming', () => {
+  it('every shipped profile passes checkTiming', () => {
     expect(checkTiming(PROFILES.default)).toEqual([]);
+    expect(checkTiming(PROFILES.fdm)).toEqual([]);
     expect(checkTiming(PROFILES.fast)).toEqual([]);
   });
 
@@ -122,7 +135,7 @@ describe('timing profiles', () => {
     const d = validateConfig(minimal({ timing: { electionWindowMs: 20_000 } }));
     expect(d.profile).toBe('default');
     expect(d.timing.electionWindowMs).toBe(20_000);
-    expect(d.timing.hostTimeoutMs).toBe(10_000);
+    expect(d.timing.hostTimeoutMs).toBe(DEFAULT_TIMING.hostTimeoutMs);
   });
 
   it('an override that breaks the lease inequality is refused, naming timing.leaseTimeoutMs', () => {

@@ -55,7 +55,7 @@ export const configSchema = z.strictObject({
     ])
     .default({ type: 'process' }),
   timing: z
-    .strictObject({ profile: z.enum(['default', 'fast']).default('default'), ...timingOverrides })
+    .strictObject({ profile: z.enum(['default', 'fast', 'fdm']).default('default'), ...timingOverrides })
     .default({ profile: 'default' }),
   restart: z
     .strictObject({

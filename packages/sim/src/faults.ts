@@ -44,7 +44,7 @@ export interface RandomWorldOptions {
   durationMs?: number;
   /** Fault kinds to draw from (default all). */
   faults?: readonly FaultKind[];
-  /** Default 'default' (FDM's timings). */
+  /** Default 'default' (the default profile). */
   profile?: ProfileName;
 }
 

@@ -6,7 +6,7 @@
  *   hosts 4                               host-1 .. host-4, each mounting every datastore
  *   datastores ds1,ds2                    default ds1,ds2
  *   vms 12                                vm-1 .. vm-12, spread over the datastores, all started
- *   profile fast                          timing profile: fast (default) or default (FDM's)
+ *   profile fast                          timing profile: fast (default), default or fdm (FDM's)
  *   at 5s power-off host-3                times are counted from the moment the cluster is ready
  *   at 20s expect all-protected-running
  *
@@ -21,7 +21,7 @@ import type { SimHostSpec } from './host.js';
 import type { SimVmConfig, StorageOptions } from './storage.js';
 import { CLEAN_NETWORK, type NetworkFaults } from './network.js';
 
-export type ProfileName = 'fast' | 'default';
+export type ProfileName = 'fast' | 'default' | 'fdm';
 
 export type Expectation =
   | { kind: 'one-master' }
@@ -260,8 +260,8 @@ export function parseScenario(text: string, name = 'scenario'): Scenario {
         for (const n of args) p.unprotected.push({ line, name: n });
         break;
       case 'profile':
-        need(1, 'fast or default');
-        if (args[0] !== 'fast' && args[0] !== 'default') throw new ScenarioError(line, `profile: expected fast or default, not ${args[0]}`);
+        need(1, 'fast, default or fdm');
+        if (args[0] !== 'fast' && args[0] !== 'default' && args[0] !== 'fdm') throw new ScenarioError(line, `profile: expected fast, default or fdm, not ${args[0]}`);
         scn.profile = args[0];
         break;
       case 'timing': {

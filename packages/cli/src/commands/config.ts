@@ -29,17 +29,17 @@ export function registerConfig(program: Command): void {
 
   config
     .command('profiles')
-    .description('every timing field with its default and fast values and its trade-off')
+    .description('every timing field with its default, fdm and fast values and its trade-off')
     .option('--json', 'machine-readable output')
     .action((opts: { json?: boolean }) => {
       const keys = Object.keys(TIMING_DOCS) as (keyof Timing)[];
       const value = (p: ProfileName, k: keyof Timing) => PROFILES[p][k];
       if (opts.json) {
-        return printJson(keys.map((k) => ({ field: k, default: value('default', k), fast: value('fast', k), ...TIMING_DOCS[k] })));
+        return printJson(keys.map((k) => ({ field: k, default: value('default', k), fdm: value('fdm', k), fast: value('fast', k), ...TIMING_DOCS[k] })));
       }
       for (const k of keys) {
         process.stdout.write(
-          `${k}\n  default: ${JSON.stringify(value('default', k))}  fast: ${JSON.stringify(value('fast', k))}\n  ${TIMING_DOCS[k].what}\n  Trade-off: ${TIMING_DOCS[k].tradeOff}\n\n`,
+          `${k}\n  default: ${JSON.stringify(value('default', k))}  fdm: ${JSON.stringify(value('fdm', k))}  fast: ${JSON.stringify(value('fast', k))}\n  ${TIMING_DOCS[k].what}\n  Trade-off: ${TIMING_DOCS[k].tradeOff}\n\n`,
         );
       }
     });

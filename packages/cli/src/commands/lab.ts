@@ -144,7 +144,7 @@ export function registerLab(program: Command): void {
     .option('--hosts <n>', 'number of hosts', intArg('--hosts', 1, 200), 4)
     .option('--datastores <n>', 'number of datastores', intArg('--datastores', 1, 16), 2)
     .option('--vms <n>', 'process VMs to create, start and protect (spread by the master)', intArg('--vms', 0, 2000), 0)
-    .option('--profile <name>', 'timing profile (fast or default)', 'fast')
+    .option('--profile <name>', 'timing profile (fast, default or fdm)', 'fast')
     .option('--port <port>', 'UDP and TCP port of every lab agent (another port lets a second lab, or a test run, use the same 127.0.0.x addresses)', intArg('--port', 1, 65535), 8182)
     .option(...dirOpt)
     .option('--no-wait', 'return once the agents are up, without waiting for the election')
@@ -153,7 +153,7 @@ export function registerLab(program: Command): void {
     .option('--driver <driver>', 'process (VMs are processes) or libvirt (VMs are small diskless QEMU domains of this machine\'s libvirtd, qemu:///system: see docs/libvirt.md)', 'process')
     .option('--libvirt-uri <uri>', 'with --driver libvirt: the libvirtd of this machine to use (default qemu:///system)')
     .action(async (opts: { hosts: number; datastores: number; vms: number; profile: string; port: number; dir: string; wait: boolean; netns?: boolean; isolationResponse?: string; driver: string; libvirtUri?: string }) => {
-      if (opts.profile !== 'fast' && opts.profile !== 'default') throw new CliError(`--profile must be fast or default, not "${opts.profile}"`, EXIT_USAGE);
+      if (opts.profile !== 'fast' && opts.profile !== 'default' && opts.profile !== 'fdm') throw new CliError(`--profile must be fast, default or fdm, not "${opts.profile}"`, EXIT_USAGE);
       if (opts.driver !== 'process' && opts.driver !== 'libvirt') throw new CliError(`--driver must be process or libvirt, not "${opts.driver}"`, EXIT_USAGE);
       if (opts.isolationResponse !== undefined && !(LAB_ISOLATION_RESPONSES as readonly string[]).includes(opts.isolationResponse)) {
         throw new CliError(`--isolation-response must be one of ${LAB_ISOLATION_RESPONSES.join(', ')}, not "${opts.isolationResponse}"`, EXIT_USAGE);

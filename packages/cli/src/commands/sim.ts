@@ -70,7 +70,7 @@ function scenarioOf(opts: SimCliOptions): Scenario {
   const vms = integer('--vms', opts.vms, 0, 5000);
   const durationMs = /^[0-9]+$/.test(opts.duration) ? Number(opts.duration) : parseDuration(opts.duration);
   if (durationMs === null || durationMs < 1000 || durationMs > 48 * 3_600_000) throw new CliError(`--duration: a time from 1s to 48h (e.g. 30m, 90s, or milliseconds), not "${opts.duration}"`, EXIT_USAGE);
-  if (opts.profile !== 'default' && opts.profile !== 'fast') throw new CliError(`--profile: default or fast, not "${opts.profile}"`, EXIT_USAGE);
+  if (opts.profile !== 'default' && opts.profile !== 'fast' && opts.profile !== 'fdm') throw new CliError(`--profile: default, fast or fdm, not "${opts.profile}"`, EXIT_USAGE);
   let faults: FaultKind[];
   try {
     faults = parseFaultKinds(opts.faults);
@@ -110,7 +110,7 @@ export function registerSim(program: Command): void {
     .option('--vms <n>', 'VMs of a random world', String(DEFAULT_RANDOM.vms))
     .option('--duration <time>', 'simulated time after the cluster formed (30m, 90s, 2h, or ms)', formatDuration(DEFAULT_RANDOM.durationMs))
     .option('--faults <list>', `fault kinds to draw from, comma-separated (${FAULT_KINDS.join(', ')}), or all, or none`, 'all')
-    .option('--profile <name>', 'timing profile of a random world: default (FDM) or fast', DEFAULT_RANDOM.profile)
+    .option('--profile <name>', 'timing profile of a random world: default, fast or fdm', DEFAULT_RANDOM.profile)
     .option('--scenario <file>', 'run a scenario script (test/scenarios/*.scn) instead of a random world')
     .option('--timeline <n|all>', 'timeline lines printed with a violation, or all: the whole timeline (also without a violation)', '60')
     .option('--print-scenario', 'print the run as a scenario script (a random world too), to replay or edit it')

@@ -73,7 +73,7 @@ export interface LabOptions {
   datastores?: number;
   /** Per-host datastore subsets (host id -> names); default: every host mounts all. */
   hostDatastores?: Record<string, string[]>;
-  profile?: 'fast' | 'default';
+  profile?: 'fast' | 'default' | 'fdm';
   /** Timing overrides on top of the profile. */
   timing?: Record<string, number>;
   port?: number;
