@@ -404,9 +404,11 @@ async function vigilRun(profile) {
 // Rounds
 
 /** Hold an flock on `file` while f runs (the `flock` command holds it until its stdin closes). */
+let lockHolder = null;
 async function withLock(file, f) {
   if (!file) return f();
   const child = spawn('flock', [file, '-c', 'echo locked; exec cat >/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  lockHolder = child;
   await new Promise((resolve, reject) => {
     child.stdout.on('data', (d) => d.toString().includes('locked') && resolve());
     child.on('exit', (code) => reject(new Error(`flock ${file} exited (${code})`)));
@@ -415,6 +417,7 @@ async function withLock(file, f) {
     return await f();
   } finally {
     child.stdin.end();
+    lockHolder = null;
   }
 }
 
@@ -424,6 +427,7 @@ function list(args, flag, dflt) {
 }
 
 async function cleanupAll() {
+  lockHolder?.kill('SIGKILL'); // still waiting for the lock (Ctrl-C): stop waiting
   await cluster.down().catch((e) => console.error(`cleanup: ${e.message}`));
   for (const p of ['default', 'fast']) await new Lab(VIGIL_DIR(p)).down({ purge: true }).catch((e) => console.error(`cleanup: ${e.message}`));
   rmSync(STAMPS, { recursive: true, force: true });
