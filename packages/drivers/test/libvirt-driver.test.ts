@@ -31,6 +31,7 @@ import {
   type DriverEvent,
 } from '@vigil/drivers';
 import { clusterDir, parseLeaseRecord, vmFileName, vmLease, vmLeaseDir, type LeaseRecord } from '@vigil/datastore';
+import { alive, until, vmdProcesses } from './helpers.js';
 
 const URI = 'qemu:///system';
 const skipReason = process.env.VIGIL_LIBVIRT_SKIP || checkLibvirt(URI);
@@ -108,43 +109,6 @@ function qemuCopies(uuid: string): number[] {
     }
   }
   return out.sort((a, b) => a - b);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
-async function until<T>(f: () => T | undefined | false | Promise<T | undefined | false>, ms = 5000, what = 'condition'): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`${what} not met within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/** Live VM daemons whose state directory is inside `dir`. */
-function vmdProcesses(dir: string): number[] {
-  const out: number[] = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^[0-9]+$/.test(e)) continue;
-    try {
-      const argv = readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0');
-      const i = argv.findIndex((a) => a.endsWith('vmd-main.js'));
-      if (i < 0 || !alive(Number(e))) continue;
-      const args = JSON.parse(Buffer.from(argv[i + 1] ?? '', 'base64url').toString('utf8')) as { stateDir?: string };
-      if (args.stateDir?.startsWith(dir + '/')) out.push(Number(e));
-    } catch {
-      /* gone, or not ours */
-    }
-  }
-  return out;
 }
 
 /** Domains of this test (their names carry its tag). */

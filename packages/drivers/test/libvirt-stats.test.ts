@@ -10,13 +10,13 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
-import { readdirSync, readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkLibvirt, LibvirtDriver, type VmCounters } from '@vigil/drivers';
 import { StatsBook } from '@vigil/agent';
+import { alive, until, vmdProcesses } from './helpers.js';
 
 const URI = 'qemu:///system';
 const skipReason = process.env.VIGIL_LIBVIRT_SKIP || checkLibvirt(URI);
@@ -32,42 +32,6 @@ const drivers: LibvirtDriver[] = [];
 
 function virsh(...args: string[]): string {
   return execFileSync('virsh', ['-q', '-c', URI, ...args], { encoding: 'utf8', env: { ...process.env, LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return !/^\d+ \(.*\) Z /s.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
-async function until<T>(f: () => T | undefined | false | Promise<T | undefined | false>, ms: number, what: string): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`${what} not met within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-function vmdProcesses(dir: string): number[] {
-  const out: number[] = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^[0-9]+$/.test(e)) continue;
-    try {
-      const argv = readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0');
-      const i = argv.findIndex((a) => a.endsWith('vmd-main.js'));
-      if (i < 0 || !alive(Number(e))) continue;
-      const args = JSON.parse(Buffer.from(argv[i + 1] ?? '', 'base64url').toString('utf8')) as { stateDir?: string };
-      if (args.stateDir?.startsWith(dir + '/')) out.push(Number(e));
-    } catch {
-      /* gone, or not ours */
-    }
-  }
-  return out;
 }
 
 function testDomains(): string[] {

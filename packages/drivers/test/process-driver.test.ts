@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ProcessDriver, vmdRequest, vmdSocketName, vmdVmsFile, type DriverEvent } from '@vigil/drivers';
 import { clusterDir, hostVmLease, parseLeaseRecord, vmFileName, vmLease, vmLeaseDir, type LeaseRecord } from '@vigil/datastore';
+import { alive, until, vmdProcesses } from './helpers.js';
 
 let root: string;
 let ds: string;
@@ -48,30 +49,6 @@ async function vm(name: string, command = 'sleep', args = ['1000']) {
   return { id: `ds1:vms/${unique}.json`, path };
 }
 
-async function until<T>(f: () => T | undefined | false | Promise<T | undefined | false>, ms = 5000, what = 'condition'): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`${what} not met within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  // A zombie (killed, not yet reaped) is dead for our purpose.
-  try {
-    return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
 /**
  * Live processes whose environment says VIGIL_VM=<vm> (the copies of a VM on this machine): the
  * union of three scans 20 ms apart, as a process in the middle of an exec (setpriv -> the VM's
@@ -92,24 +69,6 @@ async function vmCopies(vmId: string): Promise<number[]> {
     }
   }
   return [...out].filter(alive).sort((a, b) => a - b);
-}
-
-/** Live VM daemons (`node vmd-main.js <args>`) whose state directory is `dir` or inside it. */
-function vmdProcesses(dir: string): number[] {
-  const out: number[] = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^[0-9]+$/.test(e)) continue;
-    try {
-      const argv = readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0');
-      const i = argv.findIndex((a) => a.endsWith('vmd-main.js'));
-      if (i < 0 || !alive(Number(e))) continue;
-      const args = JSON.parse(Buffer.from(argv[i + 1] ?? '', 'base64url').toString('utf8')) as { stateDir?: string };
-      if (args.stateDir === dir || args.stateDir?.startsWith(dir + '/')) out.push(Number(e));
-    } catch {
-      /* gone, or not ours */
-    }
-  }
-  return out;
 }
 
 async function record(path: string): Promise<LeaseRecord> {

@@ -6,10 +6,10 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
-import { readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ProcessDriver, type VmCounters } from '@vigil/drivers';
+import { alive, until, vmdProcesses } from './helpers.js';
 
 let root: string;
 let ds: string;
@@ -20,45 +20,6 @@ function driver(): ProcessDriver {
   const d = new ProcessDriver({ host: 'host-1', cluster: 'c', datastores: { ds1: ds }, stateDir: join(root, 'host-1'), timing, shutdownTimeoutMs: 1000 });
   drivers.push(d);
   return d;
-}
-
-async function until<T>(f: () => T | undefined | false | Promise<T | undefined | false>, ms: number, what: string): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    last = v;
-    if (Date.now() > end) throw new Error(`${what} not met within ${ms} ms (last: ${JSON.stringify(last)})`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return !/^\d+ \(.*\) Z /s.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
-/** Live VM daemons whose state directory is inside `dir`. */
-function vmdProcesses(dir: string): number[] {
-  const out: number[] = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^[0-9]+$/.test(e)) continue;
-    try {
-      const argv = readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0');
-      const i = argv.findIndex((a) => a.endsWith('vmd-main.js'));
-      if (i < 0 || !alive(Number(e))) continue;
-      const args = JSON.parse(Buffer.from(argv[i + 1] ?? '', 'base64url').toString('utf8')) as { stateDir?: string };
-      if (args.stateDir?.startsWith(dir + '/')) out.push(Number(e));
-    } catch {
-      /* gone, or not ours */
-    }
-  }
-  return out;
 }
 
 beforeEach(async () => {

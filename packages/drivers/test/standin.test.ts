@@ -5,11 +5,11 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mkdtemp, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ProcessDriver, validateProcessVm, type DriverEvent } from '@vigil/drivers';
 import { clusterDir, parseLeaseRecord, vmFileName, vmLease, vmLeaseDir, type LeaseRecord } from '@vigil/datastore';
+import { until, vmdProcesses } from './helpers.js';
 
 let root: string;
 let ds: string;
@@ -43,34 +43,6 @@ async function record(path: string): Promise<LeaseRecord> {
 
 const leaseOf = (id: string) => join(vmLeaseDir(ds, 'c'), `${vmFileName(id)}.lease`);
 
-async function until<T>(f: () => T | undefined | false, ms = 5000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = f();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`not met within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-/** VM daemons whose state directory is under root. */
-function daemons(): number[] {
-  const out: number[] = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^[0-9]+$/.test(e)) continue;
-    try {
-      const argv = readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0');
-      const i = argv.findIndex((a) => a.endsWith('vmd-main.js'));
-      if (i < 0) continue;
-      const args = JSON.parse(Buffer.from(argv[i + 1] ?? '', 'base64url').toString('utf8')) as { stateDir?: string };
-      if (args.stateDir?.startsWith(root + '/')) out.push(Number(e));
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
-}
-
 beforeEach(async () => {
   root = await mkdtemp(join(tmpdir(), 'vigil-standin-'));
   ds = join(root, 'ds1');
@@ -82,14 +54,14 @@ afterEach(async () => {
     (d as ProcessDriver & { restoreEnv?: () => void }).restoreEnv?.();
     await d.close();
   }
-  for (const p of daemons()) {
+  for (const p of vmdProcesses(root)) {
     try {
       process.kill(p, 'SIGKILL');
     } catch {
       /* gone */
     }
   }
-  await until(() => daemons().length === 0);
+  await until(() => vmdProcesses(root).length === 0);
   await rm(root, { recursive: true, force: true });
 });
 
