@@ -41,7 +41,7 @@ export class VmRuntime {
    * A rescan re-reads only files whose identity changed: one stat per VM instead of a read and
    * a validation (16,000 VMs every rescanIntervalMs were a large part of a master's CPU).
    */
-  private readonly configSeen = new Map<string, { key: string; vm: CatalogVm }>();
+  private readonly configSeen = new Map<string, { key: string; files: string[]; vm: CatalogVm }>();
   private lastLocal = '';
   /** Each local VM's own isolation response (null: the cluster's), read from its config. */
   private readonly responses = new Map<string, IsolationResponse | null>();
@@ -231,17 +231,26 @@ export class VmRuntime {
         continue;
       }
       try {
-        const st = await withTimeout(`stat ${n}`, t, () => stat(join(dir, n), { bigint: true }));
-        const key = `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+        // The identity of the config file and of every file its spec was read from (a libvirt
+        // VM's domain XML): a change to any of them means a fresh read.
+        const identity = async (files: string[]) => {
+          const keys: string[] = [];
+          for (const f of files) {
+            const st = await withTimeout(`stat ${f}`, t, () => stat(f, { bigint: true }));
+            keys.push(`${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`);
+          }
+          return keys.join('/');
+        };
         const seen = this.configSeen.get(id);
-        if (seen && seen.key === key) {
+        if (seen && seen.key === (await identity([join(dir, n), ...seen.files]).catch(() => null))) {
           vms.push(seen.vm);
           continue;
         }
         const spec = await withTimeout(`read ${n}`, t, () => this.driver.loadSpec(id, join(dir, n)));
         const vm: CatalogVm = { id, name: spec.name, memoryMB: spec.memoryMB, cpus: spec.cpus, priority: spec.restartPriority };
+        const files = spec.sourceFiles ?? [];
         vms.push(vm);
-        this.configSeen.set(id, { key, vm });
+        this.configSeen.set(id, { key: await identity([join(dir, n), ...files]), files, vm });
         this.badFiles.delete(id);
       } catch (err) {
         this.configSeen.delete(id);

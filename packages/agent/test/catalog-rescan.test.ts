@@ -58,3 +58,23 @@ describe('catalog rescan', () => {
     expect(await scan()).toEqual({ a: 'high/64', c: 'high/64' });
   });
 });
+
+describe('catalog rescan of libvirt VMs', () => {
+  it('a change to the domain XML alone (its memory) is seen at the next scan', async () => {
+    const events: CoreEvent[] = [];
+    const config = validateConfig({ cluster: 'c', secretFile: '/nonexistent/secret', driver: { type: 'libvirt' }, hosts: { 'host-1': { address: '127.0.0.1', datastores: ['ds1'] } }, datastores: { ds1: join(dir, 'ds1') } });
+    runtime = new VmRuntime({ config, host: 'host-1', stateDir: join(dir, 'state'), logger: { log: () => {}, close: async () => {} }, clock: { now: () => 0 }, feed: (ev) => events.push(ev), accessible: () => ['ds1'] });
+    const xml = (mib: number) => `<domain type='qemu'><name>web</name><memory unit='MiB'>${mib}</memory><vcpu>1</vcpu><os><type>hvm</type></os></domain>`;
+    const scan = async () => {
+      await runtime!.scanCatalog('ds1');
+      const ev = events.at(-1);
+      if (ev?.type !== 'vmCatalog') throw new Error('no catalog');
+      return ev.vms.map((v) => `${v.name}/${v.memoryMB}`);
+    };
+    await writeFile(join(dir, 'ds1', 'vms', 'web.xml'), xml(64));
+    await writeFile(vmFile('web'), JSON.stringify({ name: 'web', domainXml: 'web.xml' }));
+    expect(await scan()).toEqual(['web/64']);
+    await writeFile(join(dir, 'ds1', 'vms', 'web.xml'), xml(256));
+    expect(await scan()).toEqual(['web/256']);
+  });
+});

@@ -18,6 +18,8 @@ export interface VmSpec {
   cpus: number;
   restartPriority: RestartPriority;
   isolationResponse?: IsolationResponseSetting;
+  /** Other files the spec was read from (libvirt: the domain XML), absolute paths. */
+  sourceFiles?: string[];
 }
 
 export type PowerState = 'on' | 'off';

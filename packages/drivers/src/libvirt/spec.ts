@@ -108,5 +108,6 @@ export function libvirtSpecOf(id: string, path: string, vm: LibvirtVm): VmSpec {
     cpus: vm.domain.cpus,
     restartPriority: vm.config.restartPriority,
     ...(vm.config.isolationResponse ? { isolationResponse: vm.config.isolationResponse } : {}),
+    sourceFiles: [vm.xmlPath],
   };
 }
