@@ -48,7 +48,7 @@ export function copies(dir, name) {
  * VM daemon has the lease and the process runs (same machine, same clock). The master's view
  * (`vigil vms`) is polled only every 200 ms, to know when to stop and to check that view agrees:
  * polling it faster loaded the master (an 800-VM answer every 25 ms) and slowed the restarts
- * being measured. `lastRestart` is the last of those power-ons.
+ * being measured. `allBack` is the last of those power-ons.
  */
 export async function cut(lab, dir, victim, alive, names, opts = {}) {
   const before = await vms(lab, alive);
@@ -75,10 +75,10 @@ export async function cut(lab, dir, victim, alive, names, opts = {}) {
   const detect = dead.length ? Math.min(...dead.map((e) => Date.parse(e.timestamp))) - t0 : null;
   const won = alive.flatMap((h) => events(lab, h, 'election.won').filter((e) => Date.parse(e.timestamp) >= t0));
   const elected = won.length ? Math.min(...won.map((e) => Date.parse(e.timestamp))) - t0 : null;
-  const lastRestart = back.size ? Math.max(...back.values()) : null;
+  const allBack = back.size ? Math.max(...back.values()) : null;
   const doubled = names.filter((n) => copies(dir, n) > 1).length;
   const missing = lost.length - back.size;
-  return { vms: lost.length, detect, elected, allBack: lastRestart, lastRestart, doubled, missing, cutAt: t0, victim };
+  return { vms: lost.length, detect, elected, allBack, doubled, missing, cutAt: t0, victim };
 }
 
 /**

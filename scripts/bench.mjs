@@ -87,7 +87,7 @@ async function main() {
       allRunning: median(results.map((r) => r.allBack)),
       allRunningMin: Math.min(...results.map((r) => r.allBack ?? Infinity)),
       allRunningMax: Math.max(...results.map((r) => r.allBack ?? -Infinity)),
-      overhead: median(results.map((r) => (r.lastRestart !== null && r.detect !== null ? r.lastRestart - r.detect : null))),
+      overhead: median(results.map((r) => (r.allBack !== null && r.detect !== null ? r.allBack - r.detect : null))),
       doubled: results.reduce((a, r) => a + r.doubled, 0),
       missing: results.reduce((a, r) => a + r.missing, 0),
     };
