@@ -31,6 +31,7 @@ import { join } from 'node:path';
 import { cpus, totalmem } from 'node:os';
 import { Lab } from '@vigil/cli';
 import { controlRequest } from '@vigil/agent';
+import { events } from './bench-lib.mjs';
 
 const args = process.argv.slice(2).filter((a) => a !== '--scale');
 const opt = (name, dflt) => {
@@ -185,17 +186,6 @@ const median = (xs) => {
 const max = (xs) => Math.max(...xs.filter((x) => x !== null && Number.isFinite(x)));
 const s2 = (ms) => (ms === null || ms === undefined ? '-' : `${(ms / 1000).toFixed(2)} s`);
 
-function logEvents(host, event) {
-  try {
-    return readFileSync(lab.paths.log(host), 'utf8')
-      .split('\n')
-      .filter((l) => l.includes(`"event":"${event}"`))
-      .map((l) => JSON.parse(l));
-  } catch {
-    return [];
-  }
-}
-
 async function main() {
   console.log(`Vigil scale benchmark: ${HOSTS} agents, ${VMS} protected VMs (benchmark stand-ins: leases, no process), ${PROFILE} profile`);
   console.log(`Machine: ${cpus().length} cores (${cpus()[0]?.model ?? '?'}), ${Math.round(totalmem() / 2 ** 30)} GiB, node ${process.version}`);
@@ -330,9 +320,9 @@ async function main() {
       }
     }
     results.cutLeaseMismatch = leaseMismatch;
-    const dead = logEvents(master, 'host.dead').filter((e) => e.subject === victim && Date.parse(e.timestamp) >= tc - 500);
+    const dead = events(lab, master, 'host.dead').filter((e) => e.subject === victim && Date.parse(e.timestamp) >= tc - 500);
     results.cutDetected = dead.length ? Date.parse(dead[0].timestamp) - tc : null;
-    const restarted = logEvents(master, 'vm.restarted').filter((e) => Date.parse(e.timestamp) >= tc);
+    const restarted = events(lab, master, 'vm.restarted').filter((e) => Date.parse(e.timestamp) >= tc);
     results.cutLastRestart = restarted.length ? Math.max(...restarted.map((e) => Date.parse(e.timestamp))) - tc : null;
     console.log(`power cut of ${victim} (${lost.length} VMs): detected ${s2(results.cutDetected)}, all running elsewhere ${s2(results.cutAllRunning)}, doubled ${results.cutDoubled}, missing ${results.cutMissing}, lease holder mismatches ${leaseMismatch}`);
   }

@@ -13,9 +13,8 @@
  */
 import type { VmCounters } from '@vigil/drivers';
 
-/** What a host answers about one of its VMs (`vms --stats`, `vm stats`). */
-export interface VmStats {
-  vm: string;
+/** What a host answers about one of its VMs (`vms --stats`, `vm stats`): the driver's counters (CPU time in ms), plus CPU %. */
+export interface VmStats extends Omit<VmCounters, 'cpuTimeNs' | 'error'> {
   /** The host that runs it and sampled it. */
   host: string;
   /** Wall-clock time of the sample (ISO 8601), for people. */
@@ -28,15 +27,6 @@ export interface VmStats {
   cpuWindowMs: number | null;
   /** CPU time used since the VM started, ms. */
   cpuTimeMs: number | null;
-  memoryBytes: number | null;
-  diskReadBytes: number | null;
-  diskWriteBytes: number | null;
-  diskReadOps: number | null;
-  diskWriteOps: number | null;
-  netRxBytes: number | null;
-  netTxBytes: number | null;
-  /** This power-on of the VM (counters are cumulative since it began). */
-  incarnation: string;
   /** Why some fields are null, or why this is an older sample (the latest read failed). */
   error: string | null;
 }

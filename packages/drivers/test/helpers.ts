@@ -39,3 +39,16 @@ export function vmdProcesses(dir: string): number[] {
   }
   return out;
 }
+
+/** SIGKILL the VM daemons a test started under `dir`, and wait until they are gone. */
+export async function killVmds(dir: string): Promise<void> {
+  const pids = vmdProcesses(dir);
+  for (const p of pids) {
+    try {
+      process.kill(p, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+  await until(() => pids.every((p) => !alive(p)), 5000, 'daemons gone');
+}

@@ -31,7 +31,7 @@ import {
   type DriverEvent,
 } from '@vigil/drivers';
 import { clusterDir, parseLeaseRecord, vmFileName, vmLease, vmLeaseDir, type LeaseRecord } from '@vigil/datastore';
-import { alive, until, vmdProcesses } from './helpers.js';
+import { killVmds, until } from './helpers.js';
 
 const URI = 'qemu:///system';
 const skipReason = process.env.VIGIL_LIBVIRT_SKIP || checkLibvirt(URI);
@@ -142,15 +142,7 @@ describe.skipIf(!!skipReason)('libvirt driver with libvirtd and QEMU', () => {
 
   afterEach(async () => {
     for (const d of drivers.splice(0)) await d.close();
-    const pids = vmdProcesses(root);
-    for (const p of pids) {
-      try {
-        process.kill(p, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }
-    await until(() => pids.every((p) => !alive(p)), 5000, 'daemons gone');
+    await killVmds(root);
     // Their domains die with their connections; anything else of this test goes now.
     for (const n of testDomains()) {
       try {

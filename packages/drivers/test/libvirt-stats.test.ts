@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkLibvirt, LibvirtDriver, type VmCounters } from '@vigil/drivers';
 import { StatsBook } from '@vigil/agent';
-import { alive, until, vmdProcesses } from './helpers.js';
+import { killVmds, until } from './helpers.js';
 
 const URI = 'qemu:///system';
 const skipReason = process.env.VIGIL_LIBVIRT_SKIP || checkLibvirt(URI);
@@ -52,15 +52,7 @@ describe.skipIf(!!skipReason)('libvirt driver statistics with libvirtd and QEMU'
 
   afterEach(async () => {
     for (const d of drivers.splice(0)) await d.close();
-    const pids = vmdProcesses(root);
-    for (const p of pids) {
-      try {
-        process.kill(p, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }
-    await until(() => pids.every((p) => !alive(p)), 5000, 'daemons gone');
+    await killVmds(root);
     for (const n of testDomains()) {
       try {
         virsh('destroy', n);

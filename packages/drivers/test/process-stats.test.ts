@@ -9,7 +9,7 @@ import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ProcessDriver, type VmCounters } from '@vigil/drivers';
-import { alive, until, vmdProcesses } from './helpers.js';
+import { killVmds, until, vmdProcesses } from './helpers.js';
 
 let root: string;
 let ds: string;
@@ -30,15 +30,7 @@ beforeEach(async () => {
 
 afterEach(async () => {
   for (const d of drivers.splice(0)) await d.close();
-  const pids = vmdProcesses(root);
-  for (const p of pids) {
-    try {
-      process.kill(p, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-  }
-  await until(() => pids.every((p) => !alive(p)), 5000, 'daemons gone');
+  await killVmds(root);
   await rm(root, { recursive: true, force: true });
 });
 
