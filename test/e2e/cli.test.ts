@@ -280,11 +280,11 @@ describe('vigil CLI', () => {
     }
   });
 
-  it('config profiles --json lists every timing field with both values', async () => {
+  it('config profiles --json lists every timing field with the value of each profile', async () => {
     const r = await runCli(['config', 'profiles', '--json']);
     expect(r.code, r.stderr).toBe(0);
-    const rows = JSON.parse(r.stdout) as { field: string; default: unknown; fast: unknown }[];
+    const rows = JSON.parse(r.stdout) as { field: string; default: unknown; fdm: unknown; fast: unknown }[];
     const hostTimeout = rows.find((x) => x.field === 'hostTimeoutMs');
-    expect(hostTimeout).toMatchObject({ default: 10_000, fast: 1000 });
+    expect(hostTimeout).toMatchObject({ default: 4000, fdm: 10_000, fast: 1000 });
   });
 });
